@@ -1,0 +1,94 @@
+"""The ``longvila`` console script.
+
+    longvila pipeline --output_dir runs/tiny [stage flags...]   # s1 -> s5, each from the previous output
+    longvila train s4_context_ext --output_dir runs/s4 [...]    # one stage (same as python -m longvila.stages.X)
+    longvila stages                                             # list the stages and what they train
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from longvila.config import ConfigError
+
+STAGES = ("s1_align", "s2_pretrain", "s3_sft", "s4_context_ext", "s5_long_video_sft")
+
+
+def stage_spec(name: str):
+    if name not in STAGES:
+        raise ConfigError(f"unknown stage {name!r}; choose one of {', '.join(STAGES)}")
+    return importlib.import_module(f"longvila.stages.{name}").SPEC
+
+
+def run_pipeline(output_dir: Path, extra: list[str], stages: tuple[str, ...] = STAGES,
+                 init_from: Optional[str] = None) -> list[dict]:
+    """Run the stages in order, each starting from the previous stage's saved checkpoint."""
+    from longvila.stages.common import run_stage
+
+    summary, previous = [], init_from
+    for name in stages:
+        argv = ["--output_dir", str(output_dir / name), *extra]
+        if previous:
+            argv += ["--init_from", previous]
+        started = time.perf_counter()
+        run = run_stage(stage_spec(name), argv)
+        losses = [record["loss"] for record in run.history]
+        summary.append({
+            "stage": name, "steps": len(losses), "first_loss": losses[0] if losses else float("nan"),
+            "last_loss": losses[-1] if losses else float("nan"), "seconds": time.perf_counter() - started,
+        })
+        previous = str(output_dir / name)
+    return summary
+
+
+def format_summary(summary: list[dict]) -> str:
+    lines = [f"{'stage':<20}{'steps':>6}{'first loss':>12}{'last loss':>12}{'seconds':>9}"]
+    for row in summary:
+        lines.append(f"{row['stage']:<20}{row['steps']:>6}{row['first_loss']:>12.4f}{row['last_loss']:>12.4f}"
+                     f"{row['seconds']:>9.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="longvila", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    pipe = commands.add_parser("pipeline", help="run s1 -> s5 on the embedded default (or --init_from)")
+    pipe.add_argument("--output_dir", required=True, type=Path)
+    pipe.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset, in order")
+    pipe.add_argument("--init_from", default=None, help="checkpoint the first stage starts from")
+    train = commands.add_parser("train", help="run one stage", add_help=False)
+    train.add_argument("stage", choices=STAGES)
+    commands.add_parser("stages", help="list the stages")
+    args, rest = parser.parse_known_args(argv)
+
+    try:
+        if args.command == "stages":
+            for name in STAGES:
+                spec = stage_spec(name)
+                print(f"{name:<20} trains {', '.join(sorted(spec.trains)):<36} {spec.summary}")
+        elif args.command == "train":
+            from longvila.stages.common import main as stage_main
+
+            stage_main(stage_spec(args.stage), rest)
+        else:
+            stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+            for name in stages:
+                stage_spec(name)
+            summary = run_pipeline(args.output_dir, rest, stages, args.init_from)
+            import torch.distributed as dist
+
+            if not dist.is_initialized() or dist.get_rank() == 0:
+                print(format_summary(summary))
+    except ConfigError as error:
+        print(f"longvila: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

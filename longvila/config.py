@@ -1,0 +1,197 @@
+"""Command-line and recipe arguments for every stage.
+
+Flags follow HF ``TrainingArguments`` names (``--output_dir``, ``--max_steps`` ...) and VILA's names for
+sequence parallelism, because those are what our users already type. A stage's YAML recipe in ``stages/``
+supplies defaults; flags on the command line override them. Everything is validated *before* any model is
+built, so a bad configuration costs one line of output, not a minute of loading.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import yaml
+from transformers import HfArgumentParser
+
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "stages"
+"""Top-level ``stages/`` folder of the repository: one YAML recipe per stage plus DeepSpeed configs."""
+
+LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr")
+RING_TYPES = ("zigzag_ring", "ring")
+ATTN_BACKENDS = ("auto", "triton", "flash_attn", "torch")
+
+
+class ConfigError(ValueError):
+    """An impossible or inconsistent configuration, reported as one line before any compute."""
+
+
+@dataclass
+class ModelArguments:
+    init_from: Optional[str] = field(
+        default=None,
+        metadata={"help": "VILA-layout checkpoint folder to start from (any stage's output). "
+                          "Default: the embedded tiny model."},
+    )
+    rope_theta: Optional[float] = field(
+        default=None, metadata={"help": "New RoPE base written into llm/config.json (stage 4)."}
+    )
+    lora_llm: bool = field(default=False, metadata={"help": "Train LoRA adapters on the LLM (merged at save)."})
+    lora_vision: bool = field(default=False, metadata={"help": "Put LoRA adapters on the vision tower."})
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    attn_backend: str = field(default="auto", metadata={"help": "auto | triton | flash_attn | torch"})
+    fused_kernels: bool = field(
+        default=False, metadata={"help": "Use the Triton RMSNorm / RoPE / chunked linear+CE kernels."}
+    )
+
+
+@dataclass
+class DataArguments:
+    data_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "LLaVA-style JSON/JSONL (stages 1-3, 5) or long-text JSONL (stage 4). "
+                          "Default: synthetic data generated under --data_dir."},
+    )
+    media_root: Optional[str] = field(default=None, metadata={"help": "Folder that media paths are relative to."})
+    data_dir: Optional[str] = field(
+        default=None, metadata={"help": "Where synthetic data is generated. Default: <output_dir>/../data."}
+    )
+    model_max_length: int = field(default=2048, metadata={"help": "Sequence length (tokens) per sample."})
+    num_video_frames: int = field(default=8, metadata={"help": "Frames sampled uniformly from each video."})
+    fps: Optional[float] = field(default=None, metadata={"help": "Cap on sampled frames per second of video."})
+
+
+@dataclass
+class TrainArguments:
+    output_dir: str = field(default=None, metadata={"help": "Where the checkpoint, metrics and logs go."})
+    max_steps: int = field(default=-1, metadata={"help": "Optimizer steps; overrides --num_train_epochs."})
+    num_train_epochs: float = 1.0
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    per_device_train_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    deepspeed: Optional[str] = field(
+        default=None, metadata={"help": "DeepSpeed JSON; default stages/zero2.json (ZeRO-2)."}
+    )
+    bf16: Optional[bool] = field(default=None, metadata={"help": "bf16 training; default: on with CUDA, off on CPU."})
+    seed: int = 42
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.0
+    logging_steps: int = 1
+    save_steps: int = field(default=0, metadata={"help": "Save a resumable checkpoint every N steps (0: never)."})
+    save_total_limit: Optional[int] = field(default=2, metadata={"help": "Resumable checkpoints kept."})
+    resume_from_checkpoint: Optional[str] = field(
+        default=None, metadata={"help": "A checkpoint folder, or 'latest' for the newest under output_dir."}
+    )
+    seq_parallel_size: int = field(default=1, metadata={"help": "Sequence-parallel degree; DP = world / SP."})
+    seq_parallel_ring_size: int = field(default=1, metadata={"help": "Ring degree; ulysses = SP / ring."})
+    seq_parallel_ring_type: str = field(default="zigzag_ring", metadata={"help": "zigzag_ring | ring"})
+    disable_tqdm: bool = False
+
+
+@dataclass
+class StageArguments:
+    """All arguments of one stage run, grouped the way HfArgumentParser returns them."""
+
+    model: ModelArguments
+    data: DataArguments
+    train: TrainArguments
+    recipe: Optional[Path] = None
+
+
+def load_recipe(path: Path) -> dict:
+    """Read a YAML recipe; unknown keys are an error, so a typo never silently does nothing."""
+    if not path.is_file():
+        raise ConfigError(f"recipe not found: {path}")
+    with open(path) as handle:
+        recipe = yaml.safe_load(handle) or {}
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"recipe {path} must be a mapping of flag names to values")
+    known = {f.name for cls in (ModelArguments, DataArguments, TrainArguments) for f in dataclasses.fields(cls)}
+    unknown = sorted(set(recipe) - known)
+    if unknown:
+        raise ConfigError(f"recipe {path} has unknown keys: {', '.join(unknown)}")
+    return recipe
+
+
+def _split_recipe_flag(argv: list[str]) -> tuple[Optional[str], list[str]]:
+    """Pull ``--recipe PATH`` out of argv; it chooses defaults, so it is read before the other flags."""
+    rest, recipe = [], None
+    iterator = iter(argv)
+    for token in iterator:
+        if token == "--recipe":
+            recipe = next(iterator, None)
+            if recipe is None:
+                raise ConfigError("--recipe needs a path")
+        elif token.startswith("--recipe="):
+            recipe = token.split("=", 1)[1]
+        else:
+            rest.append(token)
+    return recipe, rest
+
+
+def parse_stage_args(stage: str, argv: Optional[list[str]] = None) -> StageArguments:
+    """Parse a stage's flags on top of its recipe (``stages/<stage>.yaml`` unless ``--recipe`` names another)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    recipe_flag, argv = _split_recipe_flag(argv)
+    recipe_path = Path(recipe_flag) if recipe_flag else RECIPE_DIR / f"{stage}.yaml"
+    defaults = load_recipe(recipe_path) if (recipe_flag or recipe_path.is_file()) else {}
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainArguments), prog=f"longvila.stages.{stage}")
+    parser.set_defaults(**defaults)
+    model, data, train = parser.parse_args_into_dataclasses(args=argv)
+    args = StageArguments(model=model, data=data, train=train, recipe=recipe_path if defaults else None)
+    validate(args)
+    return args
+
+
+def validate(args: StageArguments) -> None:
+    """Reject impossible settings with one line each; the world size is checked later, once it is known."""
+    t, d, m = args.train, args.data, args.model
+    if not t.output_dir:
+        raise ConfigError("--output_dir is required")
+    checks = [
+        (t.max_steps == 0 or t.max_steps < -1, f"--max_steps must be positive or -1, got {t.max_steps}"),
+        (t.max_steps == -1 and t.num_train_epochs <= 0, "--num_train_epochs must be > 0 when --max_steps is -1"),
+        (t.learning_rate < 0, f"--learning_rate must be >= 0, got {t.learning_rate}"),
+        (t.per_device_train_batch_size < 1, "--per_device_train_batch_size must be >= 1"),
+        (t.gradient_accumulation_steps < 1, "--gradient_accumulation_steps must be >= 1"),
+        (not 0.0 <= t.warmup_ratio < 1.0, f"--warmup_ratio must be in [0, 1), got {t.warmup_ratio}"),
+        (t.lr_scheduler_type not in LR_SCHEDULERS,
+         f"--lr_scheduler_type must be one of {', '.join(LR_SCHEDULERS)}, got {t.lr_scheduler_type!r}"),
+        (t.save_steps < 0, "--save_steps must be >= 0"),
+        (t.seq_parallel_size < 1, f"--seq_parallel_size must be >= 1, got {t.seq_parallel_size}"),
+        (t.seq_parallel_ring_size < 1, f"--seq_parallel_ring_size must be >= 1, got {t.seq_parallel_ring_size}"),
+        (t.seq_parallel_size % t.seq_parallel_ring_size != 0,
+         f"--seq_parallel_size {t.seq_parallel_size} is not divisible by --seq_parallel_ring_size "
+         f"{t.seq_parallel_ring_size}"),
+        (t.seq_parallel_ring_type not in RING_TYPES,
+         f"--seq_parallel_ring_type must be one of {', '.join(RING_TYPES)}, got {t.seq_parallel_ring_type!r}"),
+        (d.model_max_length < 8, f"--model_max_length must be >= 8, got {d.model_max_length}"),
+        (d.num_video_frames < 1, f"--num_video_frames must be >= 1, got {d.num_video_frames}"),
+        (d.fps is not None and d.fps <= 0, f"--fps must be > 0, got {d.fps}"),
+        (m.rope_theta is not None and m.rope_theta <= 0, f"--rope_theta must be > 0, got {m.rope_theta}"),
+        (m.attn_backend not in ATTN_BACKENDS,
+         f"--attn_backend must be one of {', '.join(ATTN_BACKENDS)}, got {m.attn_backend!r}"),
+        (m.lora_r < 1, f"--lora_r must be >= 1, got {m.lora_r}"),
+        (t.deepspeed is not None and not Path(t.deepspeed).is_file(), f"--deepspeed file not found: {t.deepspeed}"),
+        (d.data_path is not None and not Path(d.data_path).exists(), f"--data_path not found: {d.data_path}"),
+        (m.init_from is not None and not (Path(m.init_from) / "config.json").is_file(),
+         f"--init_from {m.init_from} is not a checkpoint folder (no config.json)"),
+    ]
+    for failed, message in checks:
+        if failed:
+            raise ConfigError(message)
+
+
+def validate_world(args: StageArguments, world_size: int) -> None:
+    """Checks that need the launched world size (sequence-parallel layout)."""
+    sp = args.train.seq_parallel_size
+    if world_size % sp != 0:
+        raise ConfigError(f"world size {world_size} is not divisible by --seq_parallel_size {sp}")

@@ -1,0 +1,64 @@
+"""Per-step metrics: one JSON line per optimizer step plus TensorBoard events (rank 0 only)."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+METRIC_KEYS = ("step", "loss", "num_tokens", "learning_rate", "grad_norm", "tokens_per_sec", "max_memory_gb")
+
+
+def max_memory_gb(device: torch.device) -> float:
+    """Peak memory of this process: CUDA allocator peak on GPU, resident-set peak on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20
+
+
+class MetricsLogger:
+    """Writes ``metrics.jsonl`` and TensorBoard scalars; a resumed run truncates lines past its step."""
+
+    def __init__(self, output_dir: Path, enabled: bool, resume_step: Optional[int] = None):
+        self.enabled = enabled
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self._writer = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            self.path.write_text("")
+        elif self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"))
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        missing = [key for key in METRIC_KEYS if key not in record]
+        if missing:
+            raise KeyError(f"metrics record lacks {missing}")
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self._writer.add_scalar(f"train/{key}", value, record["step"])
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def read_metrics(output_dir: Path) -> list[dict[str, Any]]:
+    """Load ``metrics.jsonl`` back (tests, pipeline summaries)."""
+    path = Path(output_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

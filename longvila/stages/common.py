@@ -1,0 +1,177 @@
+"""What every stage does: parse, validate, load, freeze, build data, train, save in VILA layout.
+
+A stage module only declares a :class:`StageSpec` (which parts train, which data it reads) and, if needed, a hook
+that edits the model before training (stage 4 sets RoPE and the context length). Everything else is shared, so the
+five stages cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+
+from longvila.config import ConfigError, StageArguments, parse_stage_args, validate_world
+
+logger = logging.getLogger("longvila")
+
+COMPONENTS = ("vision_tower", "mm_projector", "llm")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    trains: frozenset
+    data_kind: str  # "conversation" (image/video LLaVA JSON) or "long_text" (packed JSONL)
+    summary: str
+    prepare_model: Optional[Callable] = field(default=None, compare=False)
+    config_updates: Optional[Callable] = field(default=None, compare=False)
+
+
+@dataclass
+class StageRun:
+    """What a finished stage hands back (used by the pipeline and by tests)."""
+
+    output_dir: Path
+    history: list
+
+
+def _setup_logging(rank: int) -> None:
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"[%(asctime)s rank{rank}] %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _build_dataset(spec: StageSpec, args: StageArguments, tokenizer, image_processor, env):
+    from longvila.data.synthetic import ensure_synthetic_data
+
+    data_path = args.data.data_path
+    if data_path is None:
+        data_dir = Path(args.data.data_dir or Path(args.train.output_dir).resolve().parent / "data")
+        if env.is_main:
+            ensure_synthetic_data(spec.name, data_dir)
+        dist.barrier()
+        data_path = ensure_synthetic_data(spec.name, data_dir)
+    if spec.data_kind == "long_text":
+        from longvila.data.packing import PackedTextDataset
+
+        return PackedTextDataset(data_path, tokenizer, args.data.model_max_length)
+    from longvila.data.datasets import ConversationDataset
+
+    return ConversationDataset(
+        data_path, tokenizer, image_processor, media_root=args.data.media_root,
+        num_video_frames=args.data.num_video_frames, fps=args.data.fps,
+        model_max_length=args.data.model_max_length,
+    )
+
+
+def _total_steps(args: StageArguments, samples_per_epoch: int) -> int:
+    train = args.train
+    if train.max_steps > 0:
+        return train.max_steps
+    per_step = train.per_device_train_batch_size * train.gradient_accumulation_steps
+    return max(1, math.ceil(train.num_train_epochs * samples_per_epoch / per_step))
+
+
+def _freeze(model, spec: StageSpec, args: StageArguments) -> None:
+    model.set_trainable(**{part: part in spec.trains for part in COMPONENTS})
+    if args.model.lora_llm:
+        if "llm" not in spec.trains:
+            raise ConfigError(f"--lora_llm: stage {spec.name} does not train the LLM")
+        from longvila.model.lora import apply_llm_lora
+
+        apply_llm_lora(model, r=args.model.lora_r, alpha=args.model.lora_alpha, dropout=args.model.lora_dropout)
+    if args.model.lora_vision:
+        from longvila.model.lora import apply_vision_lora
+
+        apply_vision_lora(model, r=args.model.lora_r, alpha=args.model.lora_alpha)
+
+
+def save_final(model, tokenizer, image_processor, spec: StageSpec, args: StageArguments, env, zero3: bool) -> None:
+    """Merge LoRA, gather ZeRO-3 shards, and write the VILA layout under ``output_dir`` (rank 0)."""
+    from longvila.model.checkpoint import save_vila
+    from longvila.model.lora import merge_lora
+
+    updates = {f"tune_{part}" if part != "llm" else "tune_language_model": part in spec.trains
+               for part in COMPONENTS}
+    updates.update(num_video_frames=args.data.num_video_frames, fps=args.data.fps or 0.0)
+    if spec.config_updates is not None:
+        updates.update(spec.config_updates(args))
+
+    def write():
+        if env.is_main:
+            merged = merge_lora(model)
+            save_vila(merged, tokenizer, image_processor, args.train.output_dir, **updates)
+
+    if zero3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            write()
+    else:
+        write()
+    dist.barrier()
+
+
+def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
+    """Entry point shared by ``python -m`` / ``torchrun -m longvila.stages.<stage>`` and the pipeline."""
+    args = parse_stage_args(spec.name, argv)
+
+    from longvila.engine.data_stream import MicroBatchStream
+    from longvila.engine.deepspeed_config import zero_stage
+    from longvila.engine.dist import init_distributed
+    from longvila.engine.rng import set_seed
+    from longvila.engine.trainer import Trainer
+    from longvila.data.collate import collate
+    from longvila.model.checkpoint import load_vila
+    from longvila.model.tiny import tiny_model_path
+    from longvila.model.vlm import count_supervised_tokens
+
+    env = init_distributed()
+    _setup_logging(env.rank)
+    validate_world(args, env.world_size)
+    set_seed(args.train.seed)
+    init_from = args.model.init_from or (str(tiny_model_path()) if env.is_main else None)
+    if not args.model.init_from:
+        dist.barrier()
+        init_from = str(tiny_model_path())
+    logger.info("stage %s: %s; starting from %s", spec.name, spec.summary, init_from)
+    model, tokenizer, image_processor = load_vila(init_from)
+    if spec.prepare_model is not None:
+        spec.prepare_model(model, tokenizer, args)
+    _freeze(model, spec, args)
+    if args.train.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+
+    dataset = _build_dataset(spec, args, tokenizer, image_processor, env)
+    stream = MicroBatchStream(
+        dataset, lambda samples: collate(samples, tokenizer.pad_token_id), args.train.per_device_train_batch_size,
+        dp_rank=env.rank, dp_size=env.world_size, seed=args.train.seed, name=str(args.data.data_path or spec.name),
+    )
+    total_steps = _total_steps(args, stream.samples_per_epoch)
+    trainer = Trainer(model, stream, args.train, env, count_supervised_tokens, total_steps)
+    history = trainer.train(resume_from=args.train.resume_from_checkpoint)
+    save_final(trainer.module, tokenizer, image_processor, spec, args, env,
+               zero3=zero_stage(trainer.ds_config) == 3)
+    logger.info("stage %s done: %d steps, final loss %.4f, saved to %s", spec.name, trainer.step,
+                history[-1]["loss"] if history else float("nan"), args.train.output_dir)
+    return StageRun(Path(args.train.output_dir), history)
+
+
+def main(spec: StageSpec, argv: Optional[list[str]] = None) -> None:
+    """Console wrapper: configuration errors become one line and exit code 2, before any compute."""
+    try:
+        run_stage(spec, argv)
+    except ConfigError as error:
+        print(f"longvila {spec.name}: error: {error}", file=sys.stderr)
+        sys.exit(2)
