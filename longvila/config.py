@@ -106,6 +106,13 @@ class StageArguments:
     recipe: Optional[Path] = None
 
 
+class OneLineArgumentParser(HfArgumentParser):
+    """HfArgumentParser whose errors are one line (no multi-screen usage dump) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def load_recipe(path: Path) -> dict:
     """Read a YAML recipe; unknown keys are an error, so a typo never silently does nothing."""
     if not path.is_file():
@@ -143,9 +150,12 @@ def parse_stage_args(stage: str, argv: Optional[list[str]] = None) -> StageArgum
     recipe_flag, argv = _split_recipe_flag(argv)
     recipe_path = Path(recipe_flag) if recipe_flag else RECIPE_DIR / f"{stage}.yaml"
     defaults = load_recipe(recipe_path) if (recipe_flag or recipe_path.is_file()) else {}
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainArguments), prog=f"longvila.stages.{stage}")
+    parser = OneLineArgumentParser((ModelArguments, DataArguments, TrainArguments), prog=f"longvila.stages.{stage}",
+                                  allow_abbrev=False)
     parser.set_defaults(**defaults)
-    model, data, train = parser.parse_args_into_dataclasses(args=argv)
+    model, data, train, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        raise ConfigError(f"unrecognized arguments: {' '.join(unknown)}")
     args = StageArguments(model=model, data=data, train=train, recipe=recipe_path if defaults else None)
     validate(args)
     return args

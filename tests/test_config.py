@@ -40,3 +40,13 @@ def test_command_line_error_is_one_line_before_any_compute(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["longvila s3_sft: error: --warmup_ratio must be in [0, 1), got 2.0"]
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_unknown_flag_is_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "longvila.stages.s1_align", "--output_dir", str(tmp_path), "--learning_rat", "1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["longvila s1_align: error: unrecognized arguments: --learning_rat 1"]

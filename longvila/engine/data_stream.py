@@ -33,7 +33,10 @@ class MicroBatchStream:
             raise DataError(f"{name} is empty")
         self.dataset, self.collate_fn, self.batch_size = dataset, collate_fn, batch_size
         self.dp_rank, self.dp_size, self.seed, self.name = dp_rank, dp_size, seed, name
-        self.epoch, self.cursor, self.num_skipped = 0, 0, 0
+        self.epoch, self.cursor = 0, 0
+        # Records rejected while loading (malformed JSON lines) count as skipped too; every rank loads the same
+        # file, so only rank 0 reports them and the all-rank sum stays right.
+        self.num_skipped = int(getattr(dataset, "num_malformed", 0)) if dp_rank == 0 else 0
         self._order = self._epoch_order(0)
 
     def _epoch_order(self, epoch: int) -> list[int]:

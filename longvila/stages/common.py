@@ -62,17 +62,22 @@ def _build_dataset(spec: StageSpec, args: StageArguments, tokenizer, image_proce
             ensure_synthetic_data(spec.name, data_dir)
         dist.barrier()
         data_path = ensure_synthetic_data(spec.name, data_dir)
-    if spec.data_kind == "long_text":
-        from longvila.data.packing import PackedTextDataset
+    from longvila.engine.data_stream import DataError
 
-        return PackedTextDataset(data_path, tokenizer, args.data.model_max_length)
-    from longvila.data.datasets import ConversationDataset
+    try:
+        if spec.data_kind == "long_text":
+            from longvila.data.packing import PackedTextDataset
 
-    return ConversationDataset(
-        data_path, tokenizer, image_processor, media_root=args.data.media_root,
-        num_video_frames=args.data.num_video_frames, fps=args.data.fps,
-        model_max_length=args.data.model_max_length,
-    )
+            return PackedTextDataset(data_path, tokenizer, args.data.model_max_length)
+        from longvila.data.datasets import ConversationDataset
+
+        return ConversationDataset(
+            data_path, tokenizer, image_processor, media_root=args.data.media_root,
+            num_video_frames=args.data.num_video_frames, fps=args.data.fps,
+            model_max_length=args.data.model_max_length,
+        )
+    except ValueError as error:  # empty file, every record malformed, ...: one line for the user
+        raise DataError(str(error)) from error
 
 
 def _total_steps(args: StageArguments, samples_per_epoch: int) -> int:
@@ -170,8 +175,13 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
 
 def main(spec: StageSpec, argv: Optional[list[str]] = None) -> None:
     """Console wrapper: configuration errors become one line and exit code 2, before any compute."""
+    from longvila.engine.data_stream import DataError
+
     try:
         run_stage(spec, argv)
     except ConfigError as error:
         print(f"longvila {spec.name}: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except DataError as error:
+        print(f"longvila {spec.name}: data error: {error}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,35 @@
+"""Small synthetic datasets shared by the stage tests (generated once per session)."""
+
+from pathlib import Path
+
+import pytest
+
+from longvila.data import synthetic
+
+
+@pytest.fixture(scope="session")
+def stage_data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("stage-data")
+    return {
+        "caption": Path(synthetic.make_caption_data(root / "caption", 24)),
+        "instruction": Path(synthetic.make_instruction_data(root / "instruction", 24)),
+        "long_text": Path(synthetic.make_long_text_data(root / "long_text", 12, 300)),
+        "video": Path(synthetic.make_video_data(root / "video", 8, 6)),
+    }
+
+
+STAGE_DATA = {
+    "s1_align": "caption",
+    "s2_pretrain": "caption",
+    "s3_sft": "instruction",
+    "s4_context_ext": "long_text",
+    "s5_long_video_sft": "video",
+}
+
+
+def stage_flags(stage: str, data: dict[str, Path], output_dir: Path, *extra: str) -> list[str]:
+    """Flags for a fast CPU run of ``stage`` on the session's small datasets."""
+    flags = ["--output_dir", str(output_dir), "--data_path", str(data[STAGE_DATA[stage]]),
+             "--max_steps", "2", "--per_device_train_batch_size", "2", "--disable_tqdm", "true",
+             "--num_video_frames", "4", "--model_max_length", "512" if stage == "s4_context_ext" else "256"]
+    return flags + list(extra)

@@ -1,0 +1,137 @@
+"""End-to-end stage runs on the embedded default: freezing, saved config, resume, DP equivalence, bad data."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from longvila.cli import stage_spec
+from longvila.engine.metrics import METRIC_KEYS, read_metrics
+from longvila.model.checkpoint import load_vila
+from longvila.model.tiny import tiny_model_path
+from longvila.stages.common import run_stage
+
+from .conftest import stage_flags
+
+COMPONENTS = {"vision_tower": "vision_tower", "mm_projector": "mm_projector", "llm": "llm"}
+
+
+def component_state(model, part):
+    return {k: v.detach().clone() for k, v in getattr(model, part).state_dict().items()}
+
+
+@pytest.mark.parametrize("stage", ["s1_align", "s2_pretrain", "s3_sft", "s4_context_ext", "s5_long_video_sft"])
+def test_stage_trains_exactly_its_parts_and_saves_vila_layout(stage, stage_data, tmp_path):
+    spec = stage_spec(stage)
+    run = run_stage(spec, stage_flags(stage, stage_data, tmp_path / stage, "--learning_rate", "1e-2"))
+    records = read_metrics(run.output_dir)
+    assert [r["step"] for r in records] == [1, 2]
+    for record in records:
+        assert set(METRIC_KEYS) <= set(record)
+        assert math.isfinite(record["loss"]) and record["num_tokens"] > 0
+    for sub in ("config.json", "llm/config.json", "vision_tower/config.json", "mm_projector/config.json"):
+        assert (run.output_dir / sub).is_file(), sub
+
+    before, _, _ = load_vila(tiny_model_path())
+    after, _, _ = load_vila(run.output_dir)
+    for part in COMPONENTS:
+        old, new = component_state(before, part), component_state(after, part)
+        changed = any(not torch.equal(old[k], new[k]) for k in old)
+        assert changed == (part in spec.trains), f"{stage}: {part} changed={changed}"
+
+
+def test_context_extension_writes_rope_and_length(stage_data, tmp_path):
+    out = tmp_path / "s4"
+    run_stage(stage_spec("s4_context_ext"), stage_flags("s4_context_ext", stage_data, out, "--rope_theta", "2.5e6",
+                                                       "--model_max_length", "6000", "--max_steps", "1"))
+    llm_config = json.loads((out / "llm" / "config.json").read_text())
+    assert llm_config["rope_parameters"]["rope_theta"] == 2.5e6
+    assert llm_config["max_position_embeddings"] >= 6000
+    top = json.loads((out / "config.json").read_text())
+    assert top["model_max_length"] == 6000 and top["tune_language_model"] and not top["tune_vision_tower"]
+    model, tokenizer, _ = load_vila(out)
+    assert tokenizer.model_max_length == 6000
+    assert model.llm.config.rope_parameters["rope_theta"] == 2.5e6
+
+
+def test_lora_context_extension_merges_into_llm(stage_data, tmp_path):
+    out = tmp_path / "s4-lora"
+    run_stage(stage_spec("s4_context_ext"), stage_flags("s4_context_ext", stage_data, out, "--lora_llm", "true",
+                                                       "--learning_rate", "1e-2"))
+    names = set(json.loads((out / "llm" / "model.safetensors.index.json").read_text())["weight_map"]) \
+        if (out / "llm" / "model.safetensors.index.json").exists() else None
+    model, _, _ = load_vila(out)
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    assert names is None or not any("lora" in name for name in names)
+    base, _, _ = load_vila(tiny_model_path())
+    q_new = model.llm.get_decoder().layers[0].self_attn.q_proj.weight
+    q_old = base.llm.get_decoder().layers[0].self_attn.q_proj.weight
+    assert not torch.equal(q_new, q_old), "merged LoRA delta must reach the saved q_proj"
+    assert torch.equal(model.vision_tower.state_dict()["embeddings.patch_embedding.weight"],
+                       base.vision_tower.state_dict()["embeddings.patch_embedding.weight"])
+
+
+def test_resume_replays_the_uninterrupted_loss_sequence(stage_data, tmp_path):
+    spec = stage_spec("s3_sft")
+    full = run_stage(spec, stage_flags("s3_sft", stage_data, tmp_path / "full", "--max_steps", "6",
+                                       "--save_steps", "3", "--gradient_accumulation_steps", "2"))
+    resumed = run_stage(spec, stage_flags("s3_sft", stage_data, tmp_path / "resumed", "--max_steps", "6",
+                                          "--gradient_accumulation_steps", "2", "--resume_from_checkpoint",
+                                          str(tmp_path / "full" / "checkpoints" / "step-3")))
+    expected = [r["loss"] for r in full.history[3:]]
+    assert [r["step"] for r in resumed.history] == [4, 5, 6]
+    assert [r["loss"] for r in resumed.history] == pytest.approx(expected, rel=1e-6)
+
+
+def test_two_data_parallel_ranks_equal_one_process(stage_data, tmp_path):
+    """torchrun with 2 DP ranks x batch 1 gives the losses of one process with batch 2 (same global batch)."""
+    single = run_stage(stage_spec("s4_context_ext"), stage_flags(
+        "s4_context_ext", stage_data, tmp_path / "single", "--max_steps", "3", "--per_device_train_batch_size", "2"))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+               "-m", "longvila.stages.s4_context_ext",
+               *stage_flags("s4_context_ext", stage_data, tmp_path / "ddp", "--max_steps", "3",
+                            "--per_device_train_batch_size", "1")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    assert result.returncode == 0, result.stderr[-3000:]
+    ddp = read_metrics(tmp_path / "ddp")
+    assert [r["num_tokens"] for r in ddp] == [r["num_tokens"] for r in single.history]
+    assert [r["loss"] for r in ddp] == pytest.approx([r["loss"] for r in single.history], rel=1e-4)
+
+
+def _video_records(stage_data):
+    lines = stage_data["video"].read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def test_bad_samples_are_skipped_and_counted(stage_data, tmp_path):
+    records = _video_records(stage_data)
+    root = stage_data["video"].parent
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(os.urandom(2048))
+    bad = [dict(records[0], video=str(tmp_path / "missing.mp4")), dict(records[1], video=str(corrupt))]
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("\n".join([json.dumps(r) for r in records[:4] + bad] + ["{not json"]) + "\n")
+    flags = stage_flags("s5_long_video_sft", stage_data, tmp_path / "out", "--max_steps", "4")
+    flags[flags.index("--data_path") + 1] = str(data)
+    run = run_stage(stage_spec("s5_long_video_sft"), flags + ["--media_root", str(root)])
+    skipped = [r["skipped_samples"] for r in run.history]
+    assert skipped[-1] >= 3  # the malformed line plus both bad videos (4 steps x 2 samples cover the epoch)
+    assert skipped == sorted(skipped)
+
+
+def test_all_bad_dataset_stops_with_one_clear_error(stage_data, tmp_path):
+    data = tmp_path / "bad.jsonl"
+    rec = _video_records(stage_data)[0]
+    data.write_text("\n".join(json.dumps(dict(rec, video=str(tmp_path / f"gone{i}.mp4"))) for i in range(3)) + "\n")
+    flags = stage_flags("s5_long_video_sft", stage_data, tmp_path / "out")
+    flags[flags.index("--data_path") + 1] = str(data)
+    result = subprocess.run([sys.executable, "-m", "longvila.stages.s5_long_video_sft", *flags],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("longvila")]
+    assert len(error_lines) == 1 and "failed to load" in error_lines[0], result.stderr[-2000:]
