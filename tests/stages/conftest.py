@@ -27,8 +27,13 @@ STAGE_DATA = {
 }
 
 
-def stage_flags(stage: str, data: dict[str, Path], output_dir: Path, *extra: str) -> list[str]:
-    """Flags for a fast CPU run of ``stage`` on the session's small datasets."""
+@pytest.fixture
+def stage_flags(stage_data):
+    """Builds the flags for a fast CPU run of a stage on the session's small datasets."""
+    return lambda stage, output_dir, *extra: _stage_flags(stage, stage_data, output_dir, *extra)
+
+
+def _stage_flags(stage: str, data: dict[str, Path], output_dir: Path, *extra: str) -> list[str]:
     flags = ["--output_dir", str(output_dir), "--data_path", str(data[STAGE_DATA[stage]]),
              "--max_steps", "2", "--per_device_train_batch_size", "2", "--disable_tqdm", "true",
              "--num_video_frames", "4", "--model_max_length", "512" if stage == "s4_context_ext" else "256"]

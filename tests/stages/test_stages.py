@@ -16,8 +16,6 @@ from longvila.model.checkpoint import load_vila
 from longvila.model.tiny import tiny_model_path
 from longvila.stages.common import run_stage
 
-from .conftest import stage_flags
-
 COMPONENTS = {"vision_tower": "vision_tower", "mm_projector": "mm_projector", "llm": "llm"}
 
 
@@ -26,9 +24,9 @@ def component_state(model, part):
 
 
 @pytest.mark.parametrize("stage", ["s1_align", "s2_pretrain", "s3_sft", "s4_context_ext", "s5_long_video_sft"])
-def test_stage_trains_exactly_its_parts_and_saves_vila_layout(stage, stage_data, tmp_path):
+def test_stage_trains_exactly_its_parts_and_saves_vila_layout(stage, stage_data, stage_flags, tmp_path):
     spec = stage_spec(stage)
-    run = run_stage(spec, stage_flags(stage, stage_data, tmp_path / stage, "--learning_rate", "1e-2"))
+    run = run_stage(spec, stage_flags(stage, tmp_path / stage, "--learning_rate", "1e-2"))
     records = read_metrics(run.output_dir)
     assert [r["step"] for r in records] == [1, 2]
     for record in records:
@@ -45,9 +43,9 @@ def test_stage_trains_exactly_its_parts_and_saves_vila_layout(stage, stage_data,
         assert changed == (part in spec.trains), f"{stage}: {part} changed={changed}"
 
 
-def test_context_extension_writes_rope_and_length(stage_data, tmp_path):
+def test_context_extension_writes_rope_and_length(stage_data, stage_flags, tmp_path):
     out = tmp_path / "s4"
-    run_stage(stage_spec("s4_context_ext"), stage_flags("s4_context_ext", stage_data, out, "--rope_theta", "2.5e6",
+    run_stage(stage_spec("s4_context_ext"), stage_flags("s4_context_ext", out, "--rope_theta", "2.5e6",
                                                        "--model_max_length", "6000", "--max_steps", "1"))
     llm_config = json.loads((out / "llm" / "config.json").read_text())
     assert llm_config["rope_parameters"]["rope_theta"] == 2.5e6
@@ -59,9 +57,9 @@ def test_context_extension_writes_rope_and_length(stage_data, tmp_path):
     assert model.llm.config.rope_parameters["rope_theta"] == 2.5e6
 
 
-def test_lora_context_extension_merges_into_llm(stage_data, tmp_path):
+def test_lora_context_extension_merges_into_llm(stage_data, stage_flags, tmp_path):
     out = tmp_path / "s4-lora"
-    run_stage(stage_spec("s4_context_ext"), stage_flags("s4_context_ext", stage_data, out, "--lora_llm", "true",
+    run_stage(stage_spec("s4_context_ext"), stage_flags("s4_context_ext", out, "--lora_llm", "true",
                                                        "--learning_rate", "1e-2"))
     names = set(json.loads((out / "llm" / "model.safetensors.index.json").read_text())["weight_map"]) \
         if (out / "llm" / "model.safetensors.index.json").exists() else None
@@ -76,11 +74,11 @@ def test_lora_context_extension_merges_into_llm(stage_data, tmp_path):
                        base.vision_tower.state_dict()["embeddings.patch_embedding.weight"])
 
 
-def test_resume_replays_the_uninterrupted_loss_sequence(stage_data, tmp_path):
+def test_resume_replays_the_uninterrupted_loss_sequence(stage_data, stage_flags, tmp_path):
     spec = stage_spec("s3_sft")
-    full = run_stage(spec, stage_flags("s3_sft", stage_data, tmp_path / "full", "--max_steps", "6",
+    full = run_stage(spec, stage_flags("s3_sft", tmp_path / "full", "--max_steps", "6",
                                        "--save_steps", "3", "--gradient_accumulation_steps", "2"))
-    resumed = run_stage(spec, stage_flags("s3_sft", stage_data, tmp_path / "resumed", "--max_steps", "6",
+    resumed = run_stage(spec, stage_flags("s3_sft", tmp_path / "resumed", "--max_steps", "6",
                                           "--gradient_accumulation_steps", "2", "--resume_from_checkpoint",
                                           str(tmp_path / "full" / "checkpoints" / "step-3")))
     expected = [r["loss"] for r in full.history[3:]]
@@ -88,13 +86,13 @@ def test_resume_replays_the_uninterrupted_loss_sequence(stage_data, tmp_path):
     assert [r["loss"] for r in resumed.history] == pytest.approx(expected, rel=1e-6)
 
 
-def test_two_data_parallel_ranks_equal_one_process(stage_data, tmp_path):
+def test_two_data_parallel_ranks_equal_one_process(stage_data, stage_flags, tmp_path):
     """torchrun with 2 DP ranks x batch 1 gives the losses of one process with batch 2 (same global batch)."""
     single = run_stage(stage_spec("s4_context_ext"), stage_flags(
-        "s4_context_ext", stage_data, tmp_path / "single", "--max_steps", "3", "--per_device_train_batch_size", "2"))
+        "s4_context_ext", tmp_path / "single", "--max_steps", "3", "--per_device_train_batch_size", "2"))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
                "-m", "longvila.stages.s4_context_ext",
-               *stage_flags("s4_context_ext", stage_data, tmp_path / "ddp", "--max_steps", "3",
+               *stage_flags("s4_context_ext", tmp_path / "ddp", "--max_steps", "3",
                             "--per_device_train_batch_size", "1")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=os.environ.copy())
     assert result.returncode == 0, result.stderr[-3000:]
@@ -108,7 +106,7 @@ def _video_records(stage_data):
     return [json.loads(line) for line in lines if line.strip()]
 
 
-def test_bad_samples_are_skipped_and_counted(stage_data, tmp_path):
+def test_bad_samples_are_skipped_and_counted(stage_data, stage_flags, tmp_path):
     records = _video_records(stage_data)
     root = stage_data["video"].parent
     corrupt = tmp_path / "corrupt.mp4"
@@ -116,7 +114,7 @@ def test_bad_samples_are_skipped_and_counted(stage_data, tmp_path):
     bad = [dict(records[0], video=str(tmp_path / "missing.mp4")), dict(records[1], video=str(corrupt))]
     data = tmp_path / "mixed.jsonl"
     data.write_text("\n".join([json.dumps(r) for r in records[:4] + bad] + ["{not json"]) + "\n")
-    flags = stage_flags("s5_long_video_sft", stage_data, tmp_path / "out", "--max_steps", "4")
+    flags = stage_flags("s5_long_video_sft", tmp_path / "out", "--max_steps", "4")
     flags[flags.index("--data_path") + 1] = str(data)
     run = run_stage(stage_spec("s5_long_video_sft"), flags + ["--media_root", str(root)])
     skipped = [r["skipped_samples"] for r in run.history]
@@ -124,11 +122,11 @@ def test_bad_samples_are_skipped_and_counted(stage_data, tmp_path):
     assert skipped == sorted(skipped)
 
 
-def test_all_bad_dataset_stops_with_one_clear_error(stage_data, tmp_path):
+def test_all_bad_dataset_stops_with_one_clear_error(stage_data, stage_flags, tmp_path):
     data = tmp_path / "bad.jsonl"
     rec = _video_records(stage_data)[0]
     data.write_text("\n".join(json.dumps(dict(rec, video=str(tmp_path / f"gone{i}.mp4"))) for i in range(3)) + "\n")
-    flags = stage_flags("s5_long_video_sft", stage_data, tmp_path / "out")
+    flags = stage_flags("s5_long_video_sft", tmp_path / "out")
     flags[flags.index("--data_path") + 1] = str(data)
     result = subprocess.run([sys.executable, "-m", "longvila.stages.s5_long_video_sft", *flags],
                             capture_output=True, text=True, timeout=300)

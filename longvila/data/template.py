@@ -1,0 +1,134 @@
+"""Qwen2 chat format and label masking.
+
+The rendered text of a conversation is::
+
+    <|im_start|>system\\n{system}<|im_end|>\\n
+    <|im_start|>user\\n{human}<|im_end|>\\n
+    <|im_start|>assistant\\n{gpt}<|im_end|>\\n ...
+
+Only assistant content and the ``<|im_end|>`` that closes it are supervised; the role headers, the system and
+user turns, the newline after each ``<|im_end|>`` and every media placeholder get ``IGNORE_INDEX``.
+
+Why segment-wise encoding: each piece is tokenised on its own and the ids are concatenated, so the label of every
+token is known by construction (no offset mapping, works with slow and fast tokenizers). Special tokens
+(``<|im_start|>``, ``<|im_end|>``, ``<image>``, ``<video>``) are inserted by id, never re-parsed from text, so they
+are always exactly one token. For byte-level BPE tokenizers (Qwen2) the result equals tokenising the rendered
+string; sentencepiece tokenizers with a dummy prefix get a leading "▁" per segment. Training and generation must
+therefore both go through this module (``encode_conversation`` / ``encode_prompt``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from longvila.constants import DEFAULT_SYSTEM, IGNORE_INDEX, IM_END, IM_START, IMAGE_TOKEN, VIDEO_TOKEN
+
+ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+"""Accepted role names (LLaVA "from" values and OpenAI-style names) -> Qwen2 role."""
+
+_MEDIA_SPLIT = re.compile(f"({re.escape(IMAGE_TOKEN)}|{re.escape(VIDEO_TOKEN)})")
+
+
+def special_token_id(tokenizer, token: str) -> int:
+    """Id of a token that must exist as ONE vocabulary entry; ValueError naming the token otherwise."""
+    tid = tokenizer.convert_tokens_to_ids(token)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if tid is None or isinstance(tid, list) or (unk is not None and tid == unk and token != tokenizer.unk_token):
+        raise ValueError(f"tokenizer has no single-token entry for {token!r}; add it as a special token")
+    return int(tid)
+
+
+def normalize_turns(conversations) -> list[tuple[str, str]]:
+    """Validate a conversation and return [(role, text)] with role in {"user", "assistant"}.
+
+    Accepts LLaVA turns ``{"from": "human"|"gpt", "value": str}`` and ``{"role": ..., "content": ...}``.
+    """
+    if not isinstance(conversations, (list, tuple)) or len(conversations) == 0:
+        raise ValueError(f"conversations must be a non-empty list of turns, got {type(conversations).__name__}")
+    turns = []
+    for i, turn in enumerate(conversations):
+        if not isinstance(turn, dict):
+            raise ValueError(f"turn {i} must be a dict, got {type(turn).__name__}")
+        raw_role = turn.get("from", turn.get("role"))
+        role = ROLE_ALIASES.get(raw_role) if isinstance(raw_role, str) else None
+        if role is None:
+            raise ValueError(f"turn {i} has unknown role {raw_role!r}; expected one of {sorted(ROLE_ALIASES)}")
+        text = turn.get("value", turn.get("content"))
+        if not isinstance(text, str):
+            raise ValueError(f"turn {i} value must be a string, got {type(text).__name__}")
+        turns.append((role, text))
+    return turns
+
+
+def format_conversation(conversations, system: str | None = DEFAULT_SYSTEM) -> str:
+    """The rendered chat text (for inspection and logging; encoding does not go through this string)."""
+    out = f"{IM_START}system\n{system}{IM_END}\n" if system else ""
+    for role, text in normalize_turns(conversations):
+        out += f"{IM_START}{role}\n{text}{IM_END}\n"
+    return out
+
+
+class _Encoder:
+    """Resolves the special ids once and appends (ids, labels) segments."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self.im_start = special_token_id(tokenizer, IM_START)
+        self.im_end = special_token_id(tokenizer, IM_END)
+        self.media = {IMAGE_TOKEN: special_token_id(tokenizer, IMAGE_TOKEN),
+                      VIDEO_TOKEN: special_token_id(tokenizer, VIDEO_TOKEN)}
+        self.newline = self._text("\n")
+        self.ids: list[int] = []
+        self.labels: list[int] = []
+
+    def _text(self, text: str) -> list[int]:
+        return list(self.tok.encode(text, add_special_tokens=False)) if text else []
+
+    def add(self, ids: Sequence[int], supervised: bool) -> None:
+        self.ids.extend(ids)
+        self.labels.extend(ids if supervised else [IGNORE_INDEX] * len(ids))
+
+    def add_content(self, text: str, supervised: bool) -> None:
+        """Text with media placeholders: placeholders become their single id and are never supervised."""
+        for part in _MEDIA_SPLIT.split(text):
+            if part in self.media:
+                self.add([self.media[part]], supervised=False)
+            elif part:
+                self.add(self._text(part), supervised)
+
+    def header(self, role: str) -> None:
+        self.add([self.im_start] + self._text(f"{role}\n"), supervised=False)
+
+
+def encode_conversation(tokenizer, conversations, system: str | None = DEFAULT_SYSTEM) -> tuple[list[int], list[int]]:
+    """Encode a conversation in the Qwen2 chat format.
+
+    Returns (input_ids, labels), labels UNSHIFTED: equal to input_ids on assistant content and its closing
+    <|im_end|>, IGNORE_INDEX elsewhere (system, user turns, role headers, the "\\n" after <|im_end|>, media
+    placeholders). ``system=None`` or "" omits the system block. Raises ValueError for unknown roles.
+    """
+    turns = normalize_turns(conversations)
+    enc = _Encoder(tokenizer)
+    if system:
+        enc.header("system")
+        enc.add_content(system, supervised=False)
+        enc.add([enc.im_end] + enc.newline, supervised=False)
+    for role, text in turns:
+        enc.header(role)
+        sup = role == "assistant"
+        enc.add_content(text, supervised=sup)
+        enc.add([enc.im_end], supervised=sup)
+        enc.add(enc.newline, supervised=False)
+    return enc.ids, enc.labels
+
+
+def encode_prompt(tokenizer, conversations, system: str | None = DEFAULT_SYSTEM) -> list[int]:
+    """Ids for generation: the conversation so far followed by the open "<|im_start|>assistant\\n" header.
+
+    Uses exactly the same segment encoding as training, so a model sees the same ids at eval time.
+    """
+    ids, _ = encode_conversation(tokenizer, conversations, system=system)
+    enc = _Encoder(tokenizer)
+    enc.header("assistant")
+    return ids + enc.ids
