@@ -85,6 +85,10 @@ class Trainer:
             num_warmup_steps=math.ceil(train.warmup_ratio * total_steps), num_training_steps=total_steps,
         )
         self.ds_config = build_deepspeed_config(train, env.world_size, self.bf16)
+        if self.ds_config["zero_optimization"].get("stage") == 3:
+            register_external = getattr(model, "zero3_external_parameters", lambda: [])
+            for param in register_external():
+                deepspeed.zero.register_external_parameter(model, param)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config,
             dist_init_required=False,

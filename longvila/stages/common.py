@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
+from longvila.constants import IGNORE_INDEX
 from longvila.config import ConfigError, StageArguments, parse_stage_args, validate_world
 
 logger = logging.getLogger("longvila")
@@ -128,6 +129,16 @@ def save_final(model, tokenizer, image_processor, spec: StageSpec, args: StageAr
     dist.barrier()
 
 
+def count_supervised_tokens(batch) -> int:
+    """Supervised targets in a collated micro-batch, counted exactly as the model will after its global shift.
+
+    Media expansion only inserts ignored positions, so counting on the unexpanded text gives the same number.
+    """
+    from longvila.model.loss import shift_labels
+
+    return int((shift_labels(batch["labels"], batch.get("position_ids")) != IGNORE_INDEX).sum())
+
+
 def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
     """Entry point shared by ``python -m`` / ``torchrun -m longvila.stages.<stage>`` and the pipeline."""
     args = parse_stage_args(spec.name, argv)
@@ -140,7 +151,6 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
     from longvila.data.collate import collate
     from longvila.model.checkpoint import load_vila
     from longvila.model.tiny import tiny_model_path
-    from longvila.model.vlm import count_supervised_tokens
 
     env = init_distributed()
     _setup_logging(env.rank)

@@ -8,20 +8,16 @@ stage 5 and inference see the extended context.
 from __future__ import annotations
 
 from longvila.config import StageArguments
+from longvila.model.rope import extend_context
 from longvila.stages.common import StageSpec, main
 
 
-def extend_context(model, tokenizer, args: StageArguments) -> None:
-    """Apply the new RoPE base and context length to the LLM config and rebuild its rotary embedding."""
-    config = model.llm.config
-    max_length = args.data.model_max_length
-    if args.model.rope_theta is not None:
-        config.rope_parameters = {**(config.rope_parameters or {}), "rope_theta": float(args.model.rope_theta)}
-        backbone = model.llm.get_decoder()
-        rotary = backbone.rotary_emb
-        backbone.rotary_emb = type(rotary)(config=config, device=rotary.inv_freq.device)
-    config.max_position_embeddings = max(config.max_position_embeddings, max_length)
-    tokenizer.model_max_length = max_length
+def apply_context_extension(model, tokenizer, args: StageArguments) -> None:
+    """Rebuild the LLM's RoPE with the new base and record the new context length (LLM config + tokenizer)."""
+    length = args.data.model_max_length
+    current = model.llm.config.max_position_embeddings
+    extend_context(model, max(current, length), theta=args.model.rope_theta)
+    tokenizer.model_max_length = length
 
 
 def context_config_updates(args: StageArguments) -> dict:
@@ -33,7 +29,7 @@ SPEC = StageSpec(
     trains=frozenset({"llm"}),
     data_kind="long_text",
     summary="LLM-only context extension on packed long text",
-    prepare_model=extend_context,
+    prepare_model=apply_context_extension,
     config_updates=context_config_updates,
 )
 

@@ -1,0 +1,56 @@
+"""Label shifting and the reference token loss (sum + count; the engine divides by the global count).
+
+Returning a sum and a count instead of a mean is what makes the loss correct under grad accumulation, data
+parallelism and sequence parallelism: only the engine knows the global number of supervised tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from longvila.constants import IGNORE_INDEX
+
+
+@dataclass
+class LossOutput:
+    loss_sum: torch.Tensor  # fp32 scalar, sum of token cross-entropies (0.0 with a live graph when no targets)
+    num_tokens: torch.Tensor  # int64 scalar, number of supervised tokens
+
+
+def shift_labels(labels: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Next-token targets, computed once on the full (unsharded) sequence.
+
+    shifted[t] = labels[t+1]; the last position and every position whose next token starts a new document
+    (position_ids[t+1] == 0) get IGNORE_INDEX, so no target crosses documents (or into padding).
+    """
+    if labels.dim() != 2:
+        raise ValueError(f"labels must be (B, S), got shape {tuple(labels.shape)}")
+    shifted = torch.full_like(labels, IGNORE_INDEX)
+    shifted[:, :-1] = labels[:, 1:]
+    if position_ids is not None:
+        if position_ids.shape != labels.shape:
+            raise ValueError(f"position_ids shape {tuple(position_ids.shape)} != labels {tuple(labels.shape)}")
+        boundary = position_ids[:, 1:] == 0
+        shifted[:, :-1] = shifted[:, :-1].masked_fill(boundary, IGNORE_INDEX)
+    return shifted
+
+
+def cross_entropy_sum(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Naive reference: fp32 logits of the supervised positions only, CE summed.
+
+    hidden (..., H), weight (V, H), labels (...) already shifted. With no supervised token the result is an fp32
+    0.0 that is still connected to ``hidden`` and ``weight`` (zero grads, never NaN).
+    """
+    if hidden.shape[:-1] != labels.shape:
+        raise ValueError(f"hidden {tuple(hidden.shape)} and labels {tuple(labels.shape)} disagree")
+    flat_labels = labels.reshape(-1)
+    keep = flat_labels != IGNORE_INDEX
+    h = hidden.reshape(-1, hidden.shape[-1])[keep]
+    logits = h.float() @ weight.float().t()
+    loss_sum = F.cross_entropy(logits, flat_labels[keep], reduction="sum")
+    return loss_sum, keep.sum().to(torch.int64)
