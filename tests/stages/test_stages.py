@@ -86,15 +86,15 @@ def test_resume_replays_the_uninterrupted_loss_sequence(stage_data, stage_flags,
     assert [r["loss"] for r in resumed.history] == pytest.approx(expected, rel=1e-6)
 
 
-def test_two_data_parallel_ranks_equal_one_process(stage_data, stage_flags, tmp_path):
+def test_two_data_parallel_ranks_equal_one_process(stage_data, stage_flags, subprocess_env, tmp_path):
     """torchrun with 2 DP ranks x batch 1 gives the losses of one process with batch 2 (same global batch)."""
     single = run_stage(stage_spec("s4_context_ext"), stage_flags(
         "s4_context_ext", tmp_path / "single", "--max_steps", "3", "--per_device_train_batch_size", "2"))
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "longvila.stages.s4_context_ext",
                *stage_flags("s4_context_ext", tmp_path / "ddp", "--max_steps", "3",
                             "--per_device_train_batch_size", "1")]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=subprocess_env)
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = read_metrics(tmp_path / "ddp")
     assert [r["num_tokens"] for r in ddp] == [r["num_tokens"] for r in single.history]
@@ -102,8 +102,10 @@ def test_two_data_parallel_ranks_equal_one_process(stage_data, stage_flags, tmp_
 
 
 def _video_records(stage_data):
-    lines = stage_data["video"].read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    text = stage_data["video"].read_text()
+    if text.lstrip().startswith("["):
+        return json.loads(text)
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def test_bad_samples_are_skipped_and_counted(stage_data, stage_flags, tmp_path):
@@ -112,24 +114,25 @@ def test_bad_samples_are_skipped_and_counted(stage_data, stage_flags, tmp_path):
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(os.urandom(2048))
     bad = [dict(records[0], video=str(tmp_path / "missing.mp4")), dict(records[1], video=str(corrupt))]
+    records = [dict(r, video=str(root / r["video"])) for r in records]
     data = tmp_path / "mixed.jsonl"
     data.write_text("\n".join([json.dumps(r) for r in records[:4] + bad] + ["{not json"]) + "\n")
     flags = stage_flags("s5_long_video_sft", tmp_path / "out", "--max_steps", "4")
     flags[flags.index("--data_path") + 1] = str(data)
-    run = run_stage(stage_spec("s5_long_video_sft"), flags + ["--media_root", str(root)])
+    run = run_stage(stage_spec("s5_long_video_sft"), flags)
     skipped = [r["skipped_samples"] for r in run.history]
     assert skipped[-1] >= 3  # the malformed line plus both bad videos (4 steps x 2 samples cover the epoch)
     assert skipped == sorted(skipped)
 
 
-def test_all_bad_dataset_stops_with_one_clear_error(stage_data, stage_flags, tmp_path):
+def test_all_bad_dataset_stops_with_one_clear_error(stage_data, stage_flags, subprocess_env, tmp_path):
     data = tmp_path / "bad.jsonl"
     rec = _video_records(stage_data)[0]
     data.write_text("\n".join(json.dumps(dict(rec, video=str(tmp_path / f"gone{i}.mp4"))) for i in range(3)) + "\n")
     flags = stage_flags("s5_long_video_sft", tmp_path / "out")
     flags[flags.index("--data_path") + 1] = str(data)
     result = subprocess.run([sys.executable, "-m", "longvila.stages.s5_long_video_sft", *flags],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300, env=subprocess_env)
     assert result.returncode != 0
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("longvila")]
     assert len(error_lines) == 1 and "failed to load" in error_lines[0], result.stderr[-2000:]
