@@ -1,0 +1,66 @@
+"""Sequence parallelism for long-context training: mesh, sharding, Ulysses, ring, 2D attention, MM-SP, loss.
+
+Everything here is tensor-level and model-agnostic; the model plugs it in through ``sequence_sharder``,
+``frame_encoder`` and the ``longvila`` attention implementation (see :mod:`.attention`).
+"""
+
+from .attention import make_hf_attention, register_hf_attention, sequence_parallel_attention
+from .block_attention import available_backends, block_attention, get_block_backend, register_block_backend
+from .loss import global_mean_loss, global_token_count, normalised_loss
+from .lse import merge_attention, normalise_lse
+from .mesh import ProcessGroups, SequenceParallelConfig, build_mesh, check_heads, mesh_ranks
+from .mmsp import FrameSplit, all_gather_with_grad, encode_frames_sharded, make_sharded_frame_encoder, split_frames
+from .ring import ring_attention, zigzag_ring_attention
+from .sharding import (
+    contiguous_shard,
+    gather_sequence,
+    pad_to_multiple,
+    segment_ids_from_position_ids,
+    sequence_indices,
+    shard_sequence,
+    unshard_sequence,
+    zigzag_indices,
+    zigzag_shard,
+    zigzag_unshard,
+)
+from .ulysses import ulysses_attention
+from .usp import usp_attention
+
+__all__ = [
+    "FrameSplit",
+    "ProcessGroups",
+    "SequenceParallelConfig",
+    "all_gather_with_grad",
+    "available_backends",
+    "block_attention",
+    "build_mesh",
+    "check_heads",
+    "contiguous_shard",
+    "encode_frames_sharded",
+    "gather_sequence",
+    "get_block_backend",
+    "global_mean_loss",
+    "global_token_count",
+    "make_hf_attention",
+    "make_sharded_frame_encoder",
+    "merge_attention",
+    "mesh_ranks",
+    "normalise_lse",
+    "normalised_loss",
+    "pad_to_multiple",
+    "register_block_backend",
+    "register_hf_attention",
+    "ring_attention",
+    "segment_ids_from_position_ids",
+    "sequence_indices",
+    "sequence_parallel_attention",
+    "shard_sequence",
+    "split_frames",
+    "ulysses_attention",
+    "unshard_sequence",
+    "usp_attention",
+    "zigzag_indices",
+    "zigzag_ring_attention",
+    "zigzag_shard",
+    "zigzag_unshard",
+]

@@ -1,0 +1,332 @@
+"""Local attention block backends: the per-block compute that ring / Ulysses / 2D attention call.
+
+Contract (shared with the kernels engineer), layout (B, H, S, D) like HF attention functions:
+
+    forward(q, k, v, *, causal, scale, q_segment_ids=None, k_segment_ids=None) -> (out, lse)
+    backward(dout, q, k, v, out, lse, *, causal, scale, q_segment_ids=None, k_segment_ids=None) -> (dq, dk, dv)
+
+* ``lse`` is the natural-log log-sum-exp of the scaled scores, fp32 (fp64 for fp64 inputs), shape (B, H, Sq),
+  and -inf for a row that sees no key (its ``out`` row is 0).
+* k/v may have fewer heads than q (GQA: q head h uses kv head ``h // (Hq // Hkv)``, HF's ``repeat_kv`` order);
+  dk/dv come back with the kv head count.
+* Segment ids (B, S) int: a query only sees keys of the same segment (packed documents).
+* ``causal``: key index <= query index inside the block; callers only pass square diagonal blocks as causal.
+* ``backward`` receives the *global* ``out``/``lse`` of the row (after ring merging), not the block's own. That
+  is what makes per-block gradients sum to the exact full-attention gradient: P = exp(S - lse_global) and the
+  row term D = rowsum(dout * out_global).
+
+Backends: ``math`` (explicit reference, any device, fp64-capable), ``torch`` (the CPU flash-attention op with
+LSE when there are no segment ids, math otherwise), ``triton`` (``longvila.kernels.flash_attention``, imported
+lazily), ``flash_attn`` (the flash-attn package, only when it imports).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Protocol
+
+import torch
+
+from .lse import normalise_lse
+
+
+class BlockBackend(Protocol):
+    name: str
+
+    def forward(self, q, k, v, *, causal: bool, scale: float, q_segment_ids=None, k_segment_ids=None):
+        ...
+
+    def backward(self, dout, q, k, v, out, lse, *, causal: bool, scale: float, q_segment_ids=None,
+                 k_segment_ids=None):
+        ...
+
+
+def check_block_inputs(q, k, v, causal: bool, q_segment_ids=None, k_segment_ids=None) -> int:
+    """Validate shapes against the contract; return the GQA group size Hq // Hkv."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"block attention expects (B, H, S, D) tensors, got {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")
+    b, hq, sq, d = q.shape
+    if k.shape != v.shape or k.shape[0] != b or k.shape[3] != d:
+        raise ValueError(f"k/v shape {tuple(k.shape)}/{tuple(v.shape)} does not match q {tuple(q.shape)}")
+    hkv, sk = k.shape[1], k.shape[2]
+    if hq % hkv != 0:
+        raise ValueError(f"q heads {hq} are not a multiple of kv heads {hkv}")
+    if causal and sq != sk:
+        raise ValueError(f"causal block attention needs a square block, got Sq={sq} Sk={sk}")
+    if (q_segment_ids is None) != (k_segment_ids is None):
+        raise ValueError("q_segment_ids and k_segment_ids must be given together")
+    if q_segment_ids is not None:
+        if tuple(q_segment_ids.shape) != (b, sq) or tuple(k_segment_ids.shape) != (b, sk):
+            raise ValueError(f"segment ids {tuple(q_segment_ids.shape)}/{tuple(k_segment_ids.shape)} do not match "
+                             f"(B, Sq)=({b}, {sq}) / (B, Sk)=({b}, {sk})")
+    return hq // hkv
+
+
+def block_mask(sq: int, sk: int, causal: bool, q_segment_ids=None, k_segment_ids=None, device=None):
+    """Boolean (B|1, 1, Sq, Sk) mask of allowed (query, key) pairs, or None when every pair is allowed."""
+    mask = None
+    if causal:
+        mask = torch.ones(sq, sk, dtype=torch.bool, device=device).tril()[None, None]
+    if q_segment_ids is not None:
+        seg = (q_segment_ids[:, :, None] == k_segment_ids[:, None, :])[:, None]
+        mask = seg if mask is None else (mask & seg)
+    return mask
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _expand_kv(t: torch.Tensor, n_rep: int) -> torch.Tensor:
+    return t if n_rep == 1 else t.repeat_interleave(n_rep, dim=1)
+
+
+def _reduce_kv(t: torch.Tensor, n_rep: int) -> torch.Tensor:
+    if n_rep == 1:
+        return t
+    b, h, s, d = t.shape
+    return t.view(b, h // n_rep, n_rep, s, d).sum(dim=2)
+
+
+class MathBackend:
+    """Explicit O(S^2) reference in fp32 (fp64 for fp64 inputs); handles every mask, empty rows included."""
+
+    name = "math"
+
+    def _probs(self, q, k, scale, causal, q_seg, k_seg, lse=None):
+        n_rep = check_block_inputs(q, k, k, causal, q_seg, k_seg)
+        dtype = _compute_dtype(q)
+        kk = _expand_kv(k.to(dtype), n_rep)
+        scores = torch.matmul(q.to(dtype), kk.transpose(-1, -2)) * scale
+        mask = block_mask(q.shape[2], k.shape[2], causal, q_seg, k_seg, q.device)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        if lse is None:
+            lse = torch.logsumexp(scores, dim=-1)
+        else:
+            lse = normalise_lse(lse).to(dtype)
+        safe = torch.where(torch.isneginf(lse), torch.zeros_like(lse), lse)
+        return torch.exp(scores - safe.unsqueeze(-1)), lse, n_rep, dtype
+
+    def forward(self, q, k, v, *, causal, scale, q_segment_ids=None, k_segment_ids=None):
+        check_block_inputs(q, k, v, causal, q_segment_ids, k_segment_ids)
+        p, lse, n_rep, dtype = self._probs(q, k, scale, causal, q_segment_ids, k_segment_ids)
+        out = torch.matmul(p, _expand_kv(v.to(dtype), n_rep))
+        return out.to(q.dtype), lse
+
+    def backward(self, dout, q, k, v, out, lse, *, causal, scale, q_segment_ids=None, k_segment_ids=None):
+        check_block_inputs(q, k, v, causal, q_segment_ids, k_segment_ids)
+        p, _, n_rep, dtype = self._probs(q, k, scale, causal, q_segment_ids, k_segment_ids, lse=lse)
+        do = dout.to(dtype)
+        vv = _expand_kv(v.to(dtype), n_rep)
+        kk = _expand_kv(k.to(dtype), n_rep)
+        dv = torch.matmul(p.transpose(-1, -2), do)
+        dp = torch.matmul(do, vv.transpose(-1, -2))
+        row = (do * out.to(dtype)).sum(dim=-1, keepdim=True)
+        ds = p * (dp - row)
+        dq = torch.matmul(ds, kk) * scale
+        dk = torch.matmul(ds.transpose(-1, -2), q.to(dtype)) * scale
+        return dq.to(q.dtype), _reduce_kv(dk, n_rep).to(k.dtype), _reduce_kv(dv, n_rep).to(v.dtype)
+
+
+class TorchBackend:
+    """PyTorch's own kernels where they return an LSE, the math path elsewhere.
+
+    On CPU without segment ids this is ``aten._scaled_dot_product_flash_attention_for_cpu`` and its ``_backward``
+    (natural-log LSE, native GQA, exactly SDPA's gradients). Segment ids that put the whole block in one document
+    are dropped first, so most blocks of packed sequences stay on that op. Mixed segment ids need a mask with
+    possibly empty rows, which the op cannot express safely, and CUDA has no public LSE-returning op with a stable
+    backward signature, so those cases use :class:`MathBackend` (use ``triton`` or ``flash_attn`` on GPU).
+    """
+
+    name = "torch"
+
+    def __init__(self) -> None:
+        self._math = MathBackend()
+
+    @staticmethod
+    def _use_cpu_flash(q, q_segment_ids) -> bool:
+        return q.device.type == "cpu" and q_segment_ids is None
+
+    @staticmethod
+    def _drop_uniform_segments(q, q_segment_ids, k_segment_ids):
+        """Segment ids that put every query and key of a batch row in one document mask nothing: drop them.
+
+        Most blocks of a packed (and every block of an unpacked) sequence lie inside one document, so this keeps
+        them on the fast op. Only checked on CPU, where reading the ids costs no device sync.
+        """
+        if q_segment_ids is None or q.device.type != "cpu":
+            return q_segment_ids, k_segment_ids
+        first = k_segment_ids[:, :1]
+        if bool((q_segment_ids == first).all()) and bool((k_segment_ids == first).all()):
+            return None, None
+        return q_segment_ids, k_segment_ids
+
+    def forward(self, q, k, v, *, causal, scale, q_segment_ids=None, k_segment_ids=None):
+        check_block_inputs(q, k, v, causal, q_segment_ids, k_segment_ids)
+        q_segment_ids, k_segment_ids = self._drop_uniform_segments(q, q_segment_ids, k_segment_ids)
+        if not self._use_cpu_flash(q, q_segment_ids):
+            return self._math.forward(q, k, v, causal=causal, scale=scale, q_segment_ids=q_segment_ids,
+                                      k_segment_ids=k_segment_ids)
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q.contiguous(), k.contiguous(), v.contiguous(), 0.0, causal, attn_mask=None, scale=scale)
+        return out, lse.to(_compute_dtype(q)).contiguous()
+
+    def backward(self, dout, q, k, v, out, lse, *, causal, scale, q_segment_ids=None, k_segment_ids=None):
+        check_block_inputs(q, k, v, causal, q_segment_ids, k_segment_ids)
+        q_segment_ids, k_segment_ids = self._drop_uniform_segments(q, q_segment_ids, k_segment_ids)
+        if not self._use_cpu_flash(q, q_segment_ids):
+            return self._math.backward(dout, q, k, v, out, lse, causal=causal, scale=scale,
+                                       q_segment_ids=q_segment_ids, k_segment_ids=k_segment_ids)
+        lse = lse.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
+        dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            dout.to(q.dtype).contiguous(), q.contiguous(), k.contiguous(), v.contiguous(),
+            out.to(q.dtype).contiguous(), lse.contiguous(), 0.0, causal,
+            attn_mask=None, scale=scale)
+        return dq, dk, dv
+
+
+class TritonBackend:
+    """``longvila.kernels.flash_attention.flash_attn_forward/backward``, imported on first use.
+
+    The kernels live in a separate package owned by the kernels engineer; importing lazily keeps the distributed
+    code usable (and testable) where Triton is absent.
+    """
+
+    name = "triton"
+
+    def __init__(self) -> None:
+        try:
+            from longvila.kernels.flash_attention import flash_attn_backward, flash_attn_forward
+        except ImportError as exc:  # pragma: no cover - depends on the kernels package
+            raise RuntimeError(
+                f"block backend 'triton' needs longvila.kernels.flash_attention.flash_attn_forward/backward: {exc}"
+            ) from exc
+        self._fwd, self._bwd = flash_attn_forward, flash_attn_backward
+
+    def forward(self, q, k, v, *, causal, scale, q_segment_ids=None, k_segment_ids=None):
+        check_block_inputs(q, k, v, causal, q_segment_ids, k_segment_ids)
+        out, lse = self._fwd(q, k, v, causal=causal, scale=scale, q_segment_ids=q_segment_ids,
+                             k_segment_ids=k_segment_ids)
+        return out, normalise_lse(lse)
+
+    def backward(self, dout, q, k, v, out, lse, *, causal, scale, q_segment_ids=None, k_segment_ids=None):
+        check_block_inputs(q, k, v, causal, q_segment_ids, k_segment_ids)
+        return self._bwd(dout, q, k, v, out, lse, causal=causal, scale=scale, q_segment_ids=q_segment_ids,
+                         k_segment_ids=k_segment_ids)
+
+
+class FlashAttnBackend:  # pragma: no cover - needs CUDA and the flash-attn package
+    """The flash-attn package's internal forward/backward (fp16/bf16 on CUDA, native GQA).
+
+    flash-attn has no segment-id mask, so blocks with segment ids use the math path. Its empty rows are marked with
+    +inf LSE; :func:`normalise_lse` maps them to -inf. Handles the 2.6 (``window_size`` tuple, 8-tuple return) and
+    2.7+ (``window_size_left/right``, 4-tuple return) internal signatures.
+    """
+
+    name = "flash_attn"
+
+    def __init__(self) -> None:
+        try:
+            from flash_attn import flash_attn_interface as fai
+        except ImportError as exc:
+            raise RuntimeError(f"block backend 'flash_attn' needs the flash-attn package: {exc}") from exc
+        self._fai = fai
+        self._math = MathBackend()
+        self._split_window = "window_size_left" in inspect.signature(fai._flash_attn_forward).parameters
+
+    def _window(self) -> dict[str, Any]:
+        return {"window_size_left": -1, "window_size_right": -1} if self._split_window else {"window_size": (-1, -1)}
+
+    @staticmethod
+    def _check(q) -> None:
+        if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(f"block backend 'flash_attn' needs fp16/bf16 CUDA tensors, got {q.dtype} on {q.device}")
+
+    def forward(self, q, k, v, *, causal, scale, q_segment_ids=None, k_segment_ids=None):
+        check_block_inputs(q, k, v, causal, q_segment_ids, k_segment_ids)
+        if q_segment_ids is not None:
+            return self._math.forward(q, k, v, causal=causal, scale=scale, q_segment_ids=q_segment_ids,
+                                      k_segment_ids=k_segment_ids)
+        self._check(q)
+        res = self._fai._flash_attn_forward(
+            q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous(),
+            dropout_p=0.0, softmax_scale=scale, causal=causal, softcap=0.0, alibi_slopes=None,
+            return_softmax=False, **self._window())
+        out, lse = (res[0], res[1]) if len(res) == 4 else (res[0], res[5])
+        return out.transpose(1, 2), normalise_lse(lse)
+
+    def backward(self, dout, q, k, v, out, lse, *, causal, scale, q_segment_ids=None, k_segment_ids=None):
+        check_block_inputs(q, k, v, causal, q_segment_ids, k_segment_ids)
+        if q_segment_ids is not None:
+            return self._math.backward(dout, q, k, v, out, lse, causal=causal, scale=scale,
+                                       q_segment_ids=q_segment_ids, k_segment_ids=k_segment_ids)
+        self._check(q)
+        qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+        dq, dk, dv = torch.empty_like(qt), torch.empty_like(kt), torch.empty_like(vt)
+        self._fai._flash_attn_backward(
+            dout.to(q.dtype).transpose(1, 2).contiguous(), qt, kt, vt, out.to(q.dtype).transpose(1, 2).contiguous(),
+            lse.float().contiguous(), dq, dk, dv, dropout_p=0.0, softmax_scale=scale, causal=causal, softcap=0.0,
+            alibi_slopes=None, deterministic=False, rng_state=None, **self._window())
+        return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
+
+
+_FACTORIES: dict[str, Any] = {
+    "math": MathBackend,
+    "torch": TorchBackend,
+    "triton": TritonBackend,
+    "flash_attn": FlashAttnBackend,
+}
+_INSTANCES: dict[str, Any] = {}
+
+
+def register_block_backend(name: str, backend: Any) -> None:
+    """Register (or replace) a backend object with ``.forward``/``.backward`` under ``name``."""
+    if not (callable(getattr(backend, "forward", None)) and callable(getattr(backend, "backward", None))):
+        raise ValueError(f"block backend {name!r} must have callable .forward and .backward")
+    _INSTANCES[name] = backend
+
+
+def available_backends() -> list[str]:
+    """Names that :func:`get_block_backend` knows (``triton``/``flash_attn`` may still fail to import)."""
+    return sorted(set(_FACTORIES) | set(_INSTANCES))
+
+
+def get_block_backend(name: str | Any = "torch"):
+    """The backend registered under ``name`` (instantiated once); a backend object is returned unchanged."""
+    if not isinstance(name, str):
+        methods = getattr(name, "forward", None), getattr(name, "backward", None)
+        if not all(callable(f) for f in methods):
+            raise ValueError(f"block backend {name!r} must have callable .forward and .backward")
+        return name
+    if name not in _INSTANCES:
+        if name not in _FACTORIES:
+            raise ValueError(f"unknown attention block backend {name!r}; expected one of {available_backends()}")
+        _INSTANCES[name] = _FACTORIES[name]()
+    return _INSTANCES[name]
+
+
+class _BlockAttentionFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, causal, scale, q_seg, k_seg, backend):
+        out, lse = backend.forward(q, k, v, causal=causal, scale=scale, q_segment_ids=q_seg, k_segment_ids=k_seg)
+        ctx.save_for_backward(q, k, v, out, lse, q_seg, k_seg)
+        ctx.causal, ctx.scale, ctx.backend = causal, scale, backend
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        q, k, v, out, lse, q_seg, k_seg = ctx.saved_tensors
+        dq, dk, dv = ctx.backend.backward(dout, q, k, v, out, lse, causal=ctx.causal, scale=ctx.scale,
+                                          q_segment_ids=q_seg, k_segment_ids=k_seg)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None
+
+
+def block_attention(q, k, v, *, causal: bool, scale: float, q_segment_ids=None, k_segment_ids=None,
+                    backend: str | Any = "torch", return_lse: bool = False):
+    """Differentiable single-process attention through a block backend (the SP=1 path and Ulysses' inner op)."""
+    be = get_block_backend(backend)
+    out, lse = _BlockAttentionFn.apply(q, k, v, causal, scale, q_segment_ids, k_segment_ids, be)
+    return (out, lse) if return_lse else out

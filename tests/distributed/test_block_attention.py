@@ -1,0 +1,194 @@
+"""Block backends against an independent autograd reference, including the ring property: per-block backward
+against the GLOBAL out/LSE sums to the full gradient."""
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from longvila.distributed.block_attention import (
+    MathBackend,
+    available_backends,
+    block_attention,
+    get_block_backend,
+    register_block_backend,
+)
+from longvila.distributed.lse import merge_attention
+
+from .sp_cases import packed_positions, reference_attention
+
+
+def _inputs(hq=4, hkv=2, s=24, d=8, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, hq, s, d, generator=g, dtype=torch.float64).to(dtype)
+    k = torch.randn(2, hkv, s, d, generator=g, dtype=torch.float64).to(dtype)
+    v = torch.randn(2, hkv, s, d, generator=g, dtype=torch.float64).to(dtype)
+    seg = torch.cumsum((packed_positions(2, s, g) == 0).long(), dim=-1)
+    return q, k, v, seg
+
+
+def _ref_grads(q, k, v, seg, causal, scale, dout):
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out = reference_attention(*leaves, scale=scale, causal=causal, segment_ids=seg)
+    out.backward(dout)
+    return out.detach(), [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("backend", ["math", "torch"])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("packed", [True, False])
+@pytest.mark.parametrize("hkv", [4, 2, 1])
+def test_backend_matches_reference(backend, causal, packed, hkv):
+    q, k, v, seg = _inputs(hkv=hkv)
+    seg = seg if packed else None
+    dout = torch.randn_like(q)
+    ref_out, ref_grads = _ref_grads(q, k, v, seg, causal, 0.3, dout)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = block_attention(*leaves, causal=causal, scale=0.3, q_segment_ids=seg, k_segment_ids=seg, backend=backend)
+    out.backward(dout)
+    torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=0)
+    for got, want in zip((t.grad for t in leaves), ref_grads):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, atol=1e-11, rtol=0)
+
+
+def test_torch_backend_fp32_and_lse():
+    q, k, v, _ = _inputs(dtype=torch.float32)
+    out, lse = get_block_backend("torch").forward(q, k, v, causal=True, scale=0.3)
+    ref_out, ref_lse = MathBackend().forward(q.double(), k.double(), v.double(), causal=True, scale=0.3)
+    assert lse.dtype == torch.float32 and lse.shape == q.shape[:3]
+    torch.testing.assert_close(out.double(), ref_out, atol=2e-6, rtol=0)
+    torch.testing.assert_close(lse.double(), ref_lse, atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["math", "torch"])
+def test_rows_without_keys_are_zero_with_neg_inf_lse(backend):
+    q, k, v, _ = _inputs(s=6)
+    q_seg = torch.tensor([[1, 1, 2, 2, 3, 3]] * 2)
+    k_seg = torch.tensor([[1, 1, 1, 3, 3, 3]] * 2)  # no key of segment 2
+    be = get_block_backend(backend)
+    out, lse = be.forward(q, k, v, causal=False, scale=0.5, q_segment_ids=q_seg, k_segment_ids=k_seg)
+    assert torch.isneginf(lse[:, :, 2:4]).all() and torch.isfinite(lse[:, :, [0, 1, 4, 5]]).all()
+    assert torch.equal(out[:, :, 2:4], torch.zeros_like(out[:, :, 2:4]))
+    dq, dk, dv = be.backward(torch.ones_like(out), q, k, v, out, lse, causal=False, scale=0.5, q_segment_ids=q_seg,
+                             k_segment_ids=k_seg)
+    assert all(torch.isfinite(t).all() for t in (dq, dk, dv))
+    assert torch.equal(dq[:, :, 2:4], torch.zeros_like(dq[:, :, 2:4]))
+
+
+def _kernels_present() -> bool:
+    return importlib.util.find_spec("longvila.kernels.flash_attention") is not None
+
+
+def _triton_or_skip():
+    if not _kernels_present():
+        pytest.skip("longvila.kernels.flash_attention is not available")
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("triton kernels need CUDA or TRITON_INTERPRET=1")
+    return get_block_backend("triton"), ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize("backend", ["math", "torch", "triton"])
+def test_blockwise_forward_and_backward_against_global_lse(backend):
+    """What ring attention relies on: merge key blocks forward; backward each block with the merged out/LSE."""
+    dtype, device, tol = torch.float64, "cpu", 1e-11
+    if backend == "triton":
+        be, device = _triton_or_skip()
+        dtype, tol = torch.float32, 2e-3
+    else:
+        be = get_block_backend(backend)
+    q, k, v, seg = (t.to(device) for t in _inputs(hkv=2, s=16))
+    dout = torch.randn_like(q)
+    ref_out, (rdq, rdk, rdv) = _ref_grads(q, k, v, seg, False, 0.4, dout)
+    q, k, v, dout = (t.to(dtype) for t in (q, k, v, dout))
+    halves = (slice(0, 5), slice(5, 16))  # uneven blocks
+    out = lse = None
+    for ks in halves:
+        o, l = be.forward(q, k[:, :, ks], v[:, :, ks], causal=False, scale=0.4, q_segment_ids=seg,
+                          k_segment_ids=seg[:, ks])
+        out, lse = merge_attention(out, lse, o, l)
+    torch.testing.assert_close(out.double(), ref_out, atol=tol, rtol=0)
+    out = out.to(dtype)
+    dq = torch.zeros_like(q, dtype=torch.float64)
+    dk, dv = torch.zeros_like(k, dtype=torch.float64), torch.zeros_like(v, dtype=torch.float64)
+    for ks in halves:
+        bq, bk, bv = be.backward(dout, q, k[:, :, ks], v[:, :, ks], out, lse, causal=False, scale=0.4,
+                                 q_segment_ids=seg, k_segment_ids=seg[:, ks])
+        dq += bq.double()
+        dk[:, :, ks] += bk.double()
+        dv[:, :, ks] += bv.double()
+    for got, want in ((dq, rdq), (dk, rdk), (dv, rdv)):
+        torch.testing.assert_close(got, want, atol=tol * 5, rtol=0)
+
+
+def test_contract_validation_errors():
+    q, k, v, seg = _inputs()
+    be = get_block_backend("math")
+    with pytest.raises(ValueError, match="square"):
+        be.forward(q[:, :, :5], k, v, causal=True, scale=1.0)
+    with pytest.raises(ValueError, match="together"):
+        be.forward(q, k, v, causal=False, scale=1.0, q_segment_ids=seg)
+    with pytest.raises(ValueError, match="not a multiple of kv heads"):
+        be.forward(q[:, :3], k, v, causal=False, scale=1.0)
+    with pytest.raises(ValueError, match="unknown attention block backend 'nope'"):
+        get_block_backend("nope")
+    with pytest.raises(ValueError, match="callable"):
+        register_block_backend("broken", object())
+
+
+def test_registry():
+    assert {"math", "torch", "triton", "flash_attn"} <= set(available_backends())
+    assert get_block_backend("math") is get_block_backend("math")
+    custom = MathBackend()
+    register_block_backend("custom-math", custom)
+    assert get_block_backend("custom-math") is custom and get_block_backend(custom) is custom
+
+
+def test_optional_backends_fail_clearly_or_conform():
+    if importlib.util.find_spec("flash_attn") is None:
+        with pytest.raises(RuntimeError, match="flash-attn"):
+            get_block_backend("flash_attn")
+    if not _kernels_present():
+        with pytest.raises(RuntimeError, match="longvila.kernels.flash_attention"):
+            get_block_backend("triton")
+        return
+    tri, device = _triton_or_skip()
+    ref = MathBackend()
+    q, k, v, seg = (t.to(device) for t in _inputs(hkv=2, s=20, dtype=torch.float32))
+    for causal, s in ((True, None), (False, seg), (True, seg)):
+        o1, l1 = tri.forward(q, k, v, causal=causal, scale=0.3, q_segment_ids=s, k_segment_ids=s)
+        o2, l2 = ref.forward(q, k, v, causal=causal, scale=0.3, q_segment_ids=s, k_segment_ids=s)
+        torch.testing.assert_close(o1.float(), o2.float(), atol=2e-3, rtol=0)
+        torch.testing.assert_close(l1.float(), l2.float(), atol=2e-3, rtol=0)
+        g1 = tri.backward(torch.ones_like(o2), q, k, v, o2, l2, causal=causal, scale=0.3, q_segment_ids=s,
+                          k_segment_ids=s)
+        g2 = ref.backward(torch.ones_like(o2), q, k, v, o2, l2, causal=causal, scale=0.3, q_segment_ids=s,
+                          k_segment_ids=s)
+        for a, b in zip(g1, g2):
+            assert a.shape == b.shape
+            torch.testing.assert_close(a.float(), b.float(), atol=5e-3, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["torch", "flash_attn"])
+def test_cuda_backends_match_cpu_reference(backend):
+    if backend == "flash_attn" and importlib.util.find_spec("flash_attn") is None:
+        pytest.skip("flash-attn is not installed")
+    dtype = torch.float32 if backend == "torch" else torch.bfloat16
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    q, k, v, seg = _inputs(hkv=2, s=64, d=64)
+    dout = torch.randn_like(q)
+    be = get_block_backend(backend)
+    for causal, s in ((True, None), (False, None), (True, seg)):
+        ref_out, ref_grads = _ref_grads(q, k, v, s, causal, 0.125, dout)
+        cq, ck, cv, cd = (t.cuda().to(dtype) for t in (q, k, v, dout))
+        cs = None if s is None else s.cuda()
+        out, lse = be.forward(cq, ck, cv, causal=causal, scale=0.125, q_segment_ids=cs, k_segment_ids=cs)
+        assert lse.dtype == torch.float32 and lse.shape == q.shape[:3]
+        torch.testing.assert_close(out.double().cpu(), ref_out, atol=tol, rtol=0)
+        grads = be.backward(cd, cq, ck, cv, out, lse, causal=causal, scale=0.125, q_segment_ids=cs, k_segment_ids=cs)
+        for got, want in zip(grads, ref_grads):
+            assert got.shape == want.shape
+            torch.testing.assert_close(got.double().cpu(), want, atol=tol * 4, rtol=0)
