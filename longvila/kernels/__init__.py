@@ -1,0 +1,69 @@
+"""Triton kernels (flash attention with LSE, LSE merge, RMSNorm, RoPE, chunked linear+CE) and backend selection.
+
+Each kernel lives in its own module beside its pure-torch reference and its ``torch.autograd.Function``. This
+package imports on any machine (CPU-only, or without triton at all); only launching a kernel needs a CUDA device
+or the CPU interpreter (``TRITON_INTERPRET=1``). Kernel modules are imported lazily by their users.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from ._triton import HAS_TRITON, interpreting
+
+ATTN_BACKENDS = ("auto", "triton", "flash_attn", "torch")
+
+
+def triton_available(device: torch.device | str | None = None) -> bool:
+    """Whether the Triton kernels can run here: on CUDA with triton installed, or anywhere under the interpreter.
+
+    Without ``device`` the question is about this process: a visible CUDA device or ``TRITON_INTERPRET=1``.
+    On a CPU-only machine this is False unless ``TRITON_INTERPRET=1``.
+    """
+    if not HAS_TRITON:
+        return False
+    if interpreting():
+        return True
+    if device is None:
+        return torch.cuda.is_available()
+    return torch.device(device).type == "cuda" and torch.cuda.is_available()
+
+
+def flash_attn_available() -> bool:
+    """Whether the ``flash_attn`` package (Dao-AILab) is installed and a CUDA device is visible."""
+    return importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
+
+
+def resolve_attn_backend(name: str, device: torch.device | str) -> str:
+    """Map ``--attn_backend`` to a concrete backend for ``device``: one of "triton", "flash_attn", "torch".
+
+    "auto" picks Triton on CUDA and torch on CPU (flash_attn is only used when asked for by name). Asking for a
+    backend that cannot run here raises ValueError naming what is missing.
+    """
+    if name not in ATTN_BACKENDS:
+        raise ValueError(f"unknown attn backend {name!r}; choose one of {', '.join(ATTN_BACKENDS)}")
+    dev = torch.device(device)
+    if name == "auto":
+        return "triton" if dev.type == "cuda" and triton_available(dev) else "torch"
+    if name == "torch":
+        return "torch"
+    if name == "triton":
+        if not HAS_TRITON:
+            raise ValueError("attn backend 'triton' needs the triton package, which is not installed")
+        if not triton_available(dev):
+            raise ValueError(
+                f"attn backend 'triton' cannot run on {dev}: it needs a CUDA device, or TRITON_INTERPRET=1 for the "
+                "(slow) CPU interpreter"
+            )
+        return "triton"
+    # flash_attn
+    if importlib.util.find_spec("flash_attn") is None:
+        raise ValueError("attn backend 'flash_attn' needs the flash-attn package (pip install longvila[flash-attn])")
+    if dev.type != "cuda" or not torch.cuda.is_available():
+        raise ValueError(f"attn backend 'flash_attn' needs a CUDA device, got {dev}")
+    return "flash_attn"
+
+
+__all__ = ["ATTN_BACKENDS", "flash_attn_available", "resolve_attn_backend", "triton_available"]

@@ -57,6 +57,7 @@ class SequenceInputs:
     labels: torch.Tensor  # UNSHIFTED from build_sequence; forward replaces them with shifted ones
     position_ids: torch.Tensor  # per-document positions; padding restarts at 0 (its own document)
     attention_mask: torch.Tensor  # bool, True on real tokens
+    segment_ids: torch.Tensor | None = None  # document ids of the GLOBAL sequence, set by a sequence sharder
 
 
 def use_longvila_attention(llm: nn.Module) -> None:
@@ -200,15 +201,20 @@ class VILAModel(nn.Module):
         return _right_pad(seqs_e, seqs_l, seqs_p)
 
     # ---------------------------------------------------------------- LLM
-    def run_backbone(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        """Decoder stack without lm_head. No HF mask: documents come from position_ids in the attention."""
+    def run_backbone(
+        self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, segment_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Decoder stack without lm_head. No HF mask: documents come from position_ids in the attention, or from
+        ``segment_ids`` when the sequence is sharded (local positions cannot show where documents start)."""
         decoder = self.llm.get_decoder()
         layer_types = getattr(self.llm.config, "layer_types", None) or ["full_attention"]
+        extra = {} if segment_ids is None else {"segment_ids": segment_ids}
         out = decoder(
             inputs_embeds=inputs_embeds,
             attention_mask={t: None for t in layer_types},
             position_ids=position_ids,
             use_cache=False,
+            **extra,
         )
         return out.last_hidden_state
 
@@ -224,7 +230,7 @@ class VILAModel(nn.Module):
         seq = self.build_sequence(input_ids, labels, attention_mask, media, position_ids)
         seq = replace(seq, labels=shift_labels(seq.labels, seq.position_ids))
         seq = self.sequence_sharder(seq)
-        hidden = self.run_backbone(seq.inputs_embeds, seq.position_ids)
+        hidden = self.run_backbone(seq.inputs_embeds, seq.position_ids, seq.segment_ids)
         loss_sum, num_tokens = self.loss_fn(hidden, self.llm.get_output_embeddings().weight, seq.labels)
         return LossOutput(loss_sum, num_tokens)
 

@@ -129,6 +129,24 @@ def save_final(model, tokenizer, image_processor, spec: StageSpec, args: StageAr
     dist.barrier()
 
 
+def _install_parallelism(model, args: StageArguments, env):
+    """Sequence parallelism + attention backend; configuration problems surface as one-line ConfigErrors."""
+    from longvila.distributed.integration import install_parallelism
+    from longvila.distributed.mesh import SequenceParallelConfig
+    from longvila.kernels import resolve_attn_backend
+
+    try:
+        backend = resolve_attn_backend(args.model.attn_backend, env.device)
+        sp = SequenceParallelConfig.from_args(args.train)
+        layout = install_parallelism(model, sp, backend)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    if sp.enabled:
+        logger.info("sequence parallel: SP=%d (ring %d x ulysses %d, %s), DP=%d, attention backend %s",
+                    sp.sp_size, sp.ring_size, sp.ulysses_size, sp.ring_type, layout.size, backend)
+    return layout
+
+
 def count_supervised_tokens(batch) -> int:
     """Supervised targets in a collated micro-batch, counted exactly as the model will after its global shift.
 
@@ -168,13 +186,15 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
     if args.train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
 
+    layout = _install_parallelism(model, args, env)
+
     dataset = _build_dataset(spec, args, tokenizer, image_processor, env)
     stream = MicroBatchStream(
         dataset, lambda samples: collate(samples, tokenizer.pad_token_id), args.train.per_device_train_batch_size,
-        dp_rank=env.rank, dp_size=env.world_size, seed=args.train.seed, name=str(args.data.data_path or spec.name),
+        dp_rank=layout.rank, dp_size=layout.size, seed=args.train.seed, name=str(args.data.data_path or spec.name),
     )
     total_steps = _total_steps(args, stream.samples_per_epoch)
-    trainer = Trainer(model, stream, args.train, env, count_supervised_tokens, total_steps)
+    trainer = Trainer(model, stream, args.train, env, count_supervised_tokens, total_steps, dp_group=layout.group)
     history = trainer.train(resume_from=args.train.resume_from_checkpoint)
     save_final(trainer.module, tokenizer, image_processor, spec, args, env,
                zero3=zero_stage(trainer.ds_config) == 3)
