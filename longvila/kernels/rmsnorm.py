@@ -181,3 +181,20 @@ class FusedRMSNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
+
+
+def fuse_rms_norms(model: nn.Module) -> int:
+    """Swap every HF ``*RMSNorm`` submodule of ``model`` for a :class:`FusedRMSNorm` sharing its weight.
+
+    Module surgery only (no patching of transformers' files); parameter names and state-dict keys are unchanged,
+    so checkpoints load and save as before. Returns how many modules were replaced.
+    """
+    targets = [
+        (name, module) for name, module in model.named_modules()
+        if type(module).__name__.endswith("RMSNorm") and not isinstance(module, FusedRMSNorm)
+    ]
+    for name, module in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, FusedRMSNorm.from_module(module))
+    return len(targets)

@@ -83,7 +83,7 @@ def local_attention(
             raise ValueError(f"more queries ({sq}) than keys ({sk})")
         mask, causal = (None if sq == 1 else torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(sk - sq)), False
     elif has_multiple_segments(position_ids):
-        mask, causal = segment_causal_mask(position_ids.to(q.device)), False
+        return _per_document_attention(q, k, v, scale=scale, position_ids=position_ids)
     else:
         mask, causal = None, True
     extra = {}
@@ -94,6 +94,31 @@ def local_attention(
             k, v = _expand_kv(k, hq // hkv), _expand_kv(v, hq // hkv)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale, **extra)
     return out.transpose(1, 2).contiguous()
+
+
+def document_spans(position_ids: torch.Tensor) -> list[tuple[int, int]]:
+    """[start, end) of each document in one row of positions (a document starts where the position is 0)."""
+    starts = torch.nonzero(position_ids == 0).flatten().tolist()
+    if not starts or starts[0] != 0:
+        starts = [0, *starts]
+    return list(zip(starts, [*starts[1:], position_ids.numel()]))
+
+
+def _per_document_attention(q, k, v, *, scale, position_ids) -> torch.Tensor:
+    """Packed rows: causal SDPA on each document separately.
+
+    Costs sum(len_doc^2) instead of the S^2 of a block-diagonal mask, and keeps SDPA on its fused (mask-free)
+    kernels; a 4K-token packed row of 1K-token documents runs about 4x less attention work.
+    """
+    rows = []
+    for b in range(q.shape[0]):
+        pieces = [
+            local_attention(q[b : b + 1, :, s:e], k[b : b + 1, :, s:e], v[b : b + 1, :, s:e], scale=scale,
+                            position_ids=None)
+            for s, e in document_spans(position_ids[b])
+        ]
+        rows.append(torch.cat(pieces, dim=1))
+    return torch.cat(rows, dim=0)
 
 
 def longvila_attention(

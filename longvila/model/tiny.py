@@ -20,7 +20,7 @@ from longvila.model.projector import MultimodalProjector, MultimodalProjectorCon
 from longvila.model.tokenizer import train_tokenizer
 from longvila.model.vlm import MediaTokenIds, VILAModel
 
-TINY_NAME = "tiny-v1"
+TINY_NAME = "tiny-v2"
 IMAGE_SIZE, PATCH_SIZE = 64, 16  # 4x4 = 16 patches -> 4 tokens per frame after the 2x2 merge
 LLM_ARCHS = ("qwen2", "llama")
 
@@ -45,7 +45,7 @@ def tiny_llm_config(tokenizer, arch: str = "qwen2"):
         head_dim=16,
         intermediate_size=256,
         tie_word_embeddings=False,
-        max_position_embeddings=32768,
+        max_position_embeddings=2048,  # a short-context base that stage 4 extends
         rope_theta=10000.0,
         bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id,

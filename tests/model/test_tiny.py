@@ -12,7 +12,7 @@ from longvila.model.tiny import build_tiny_checkpoint, tiny_model_path
 
 
 def test_cached_layout_and_shapes(tiny_path):
-    assert tiny_path.name == "tiny-v1"
+    assert tiny_path.name == "tiny-v2"
     for sub in ("llm", "vision_tower", "mm_projector"):
         assert (tiny_path / sub / "config.json").is_file()
     assert (tiny_path / "vision_tower" / "preprocessor_config.json").is_file()
@@ -24,7 +24,7 @@ def test_cached_layout_and_shapes(tiny_path):
         8,
         2,
     )
-    assert (llm["head_dim"], llm["intermediate_size"], llm["max_position_embeddings"]) == (16, 256, 32768)
+    assert (llm["head_dim"], llm["intermediate_size"], llm["max_position_embeddings"]) == (16, 256, 2048)
     assert llm["tie_word_embeddings"] is False and llm["rope_parameters"]["rope_theta"] == 10000.0
     vis = cfg["vision_tower_cfg"]
     assert (vis["image_size"], vis["patch_size"], vis["hidden_size"], vis["num_hidden_layers"]) == (64, 16, 64, 2)
@@ -58,7 +58,7 @@ def test_concurrent_callers_share_one_build(tmp_path, monkeypatch):
     for t in threads:
         t.join()
     assert not errors and len(set(results)) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-v1"], "temp folders must be cleaned up"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-v2"], "temp folders must be cleaned up"
     load_vila(results[0])
 
 
@@ -68,14 +68,14 @@ def test_lost_race_keeps_winner(tmp_path, monkeypatch):
     real_build = tiny_mod.build_tiny_checkpoint
 
     def build_while_other_wins(out):
-        real_build(tmp_path / "tiny-v1")  # the "other process" finishes first
-        (tmp_path / "tiny-v1" / "winner").write_text("1")
+        real_build(tmp_path / "tiny-v2")  # the "other process" finishes first
+        (tmp_path / "tiny-v2" / "winner").write_text("1")
         return real_build(out)
 
     monkeypatch.setattr(tiny_mod, "build_tiny_checkpoint", build_while_other_wins)
     path = tiny_model_path()
     assert (path / "winner").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-v1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-v2"]
 
 
 def test_llama_variant_round_trip(tmp_path):
