@@ -7,5 +7,17 @@ user's ~/.cache and makes every subprocess (torchrun ranks included) share the s
 import os
 import tempfile
 
+import pytest
+
 os.environ.setdefault("LONGVILA_HOME", tempfile.mkdtemp(prefix="longvila-test-home-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+
+@pytest.fixture
+def subprocess_env() -> dict:
+    """Environment for child launches (torchrun, python -m) from a test process that may have initialised
+    torch.distributed in-process."""
+    from longvila.engine.dist import child_environment
+
+    return child_environment()

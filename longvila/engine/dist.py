@@ -34,6 +34,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+RENDEZVOUS_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def child_environment() -> dict[str, str]:
+    """This process's environment minus the rendezvous variables :func:`init_distributed` may have set.
+
+    A child launched from a process that initialised itself (a test, a notebook) would otherwise inherit
+    MASTER_PORT and try to bind a port this process already holds.
+    """
+    return {key: value for key, value in os.environ.items() if key not in RENDEZVOUS_VARIABLES}
+
+
 def init_distributed() -> DistEnv:
     """Initialise (or reuse) the default process group through DeepSpeed and describe this rank."""
     import deepspeed

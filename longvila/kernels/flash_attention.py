@@ -73,6 +73,7 @@ def _visibility(sq, sk, causal, q_seg, k_seg, device):
         j = torch.arange(sk, device=device)[None, :]
         visible = (j <= i)[None, None]
     if q_seg is not None:
+        q_seg, k_seg = q_seg.to(device), k_seg.to(device)
         same = (q_seg[:, :, None] == k_seg[:, None, :])[:, None]
         visible = same if visible is None else visible & same
     return visible

@@ -39,11 +39,3 @@ def _stage_flags(stage: str, data: dict[str, Path], output_dir: Path, *extra: st
              "--num_video_frames", "4", "--model_max_length", "512" if stage == "s4_context_ext" else "256"]
     return flags + list(extra)
 
-
-@pytest.fixture
-def subprocess_env():
-    """The environment for a child launch, minus the rendezvous variables an in-process run left behind."""
-    import os
-
-    rendezvous = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
-    return {key: value for key, value in os.environ.items() if key not in rendezvous}
