@@ -8,6 +8,14 @@ that kernels call are re-bound in the module globals to the same mode before eac
 kernel never calls a compiled helper (or vice versa). (Compiling for the GPU after interpreting in the same
 process is not reliable: the interpreter leaves parts of ``triton.language`` patched.)
 
+One thing laziness cannot fix: triton's own library functions (``tl.max``, ``tl.sum``, ``tl.min``, ``tl.zeros``)
+are ``triton.jit`` functions wrapped when *triton* is imported, and transformers imports triton. So the kernels here
+never call them: reductions are written as ``tl.reduce(x, axis, tl.standard._elementwise_max / _elementwise_min /
+_sum_combine)`` (exactly what ``tl.max``/``tl.min``/``tl.sum`` expand to for fp32 and int32, and what the
+interpreter recognises for its fast numpy path) and ``tl.zeros`` as ``tl.full(shape, 0.0, dtype)``. The kernels
+then run in the interpreter whenever ``TRITON_INTERPRET=1`` is set before their first launch, whatever imported
+triton first (tests/kernels/test_backend_selection.py checks this).
+
 Everything here imports without triton (for example on macOS): the kernel modules then still import, their
 torch references work, and launching a kernel raises a clear error.
 """

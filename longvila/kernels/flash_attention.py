@@ -134,14 +134,14 @@ def _fwd_inner(
                 k_seg = tl.load(kseg_base + rows * stride_segk)
                 keep = k_seg[None, :] == q_seg[:, None]
             qk = tl.where(keep, qk, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            m_new = tl.maximum(m_i, tl.reduce(qk, 1, tl.standard._elementwise_max))
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # fully masked so far: avoid -inf - -inf
         else:
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            m_new = tl.maximum(m_i, tl.reduce(qk, 1, tl.standard._elementwise_max))
             m_use = m_new
         p = tl.exp2(qk - m_use[:, None])
         alpha = tl.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, 1)
+        l_i = l_i * alpha + tl.reduce(p, 1, tl.standard._sum_combine)
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
         m_i = m_new
@@ -196,8 +196,10 @@ def _attn_fwd_kernel(
     if HAS_SEG:
         q_seg = tl.load(QSEG + b * stride_qsegb + rows * stride_qsegs, mask=m_ok, other=0)
         kseg_base = KSEG + b * stride_ksegb
-        k_lo = tl.min(tl.load(KR_LO + b * Sq + offs_m, mask=m_ok, other=2147483647), 0)
-        k_hi = tl.max(tl.load(KR_HI + b * Sq + offs_m, mask=m_ok, other=0), 0)
+        span_lo = tl.load(KR_LO + b * Sq + offs_m, mask=m_ok, other=2147483647)
+        span_hi = tl.load(KR_HI + b * Sq + offs_m, mask=m_ok, other=0)
+        k_lo = tl.reduce(span_lo, 0, tl.standard._elementwise_min)
+        k_hi = tl.reduce(span_hi, 0, tl.standard._elementwise_max)
         lo = (k_lo // BLOCK_N) * BLOCK_N
         end1 = tl.minimum(full_hi, ((k_hi + BLOCK_N - 1) // BLOCK_N) * BLOCK_N)
         start2 = tl.maximum(full_hi, lo)
@@ -206,8 +208,8 @@ def _attn_fwd_kernel(
     k_base = K + b * stride_kb + hk * stride_kh
     v_base = V + b * stride_vb + hk * stride_vh
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    l_i = tl.full([BLOCK_M], 0.0, tl.float32)
+    acc = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
     acc, l_i, m_i = _fwd_inner(
         acc, l_i, m_i, q, offs_m, q_seg,
         k_base, v_base, kseg_base, stride_ks, stride_kd, stride_vs, stride_vd, stride_ksegs,
@@ -253,7 +255,7 @@ def _bwd_preprocess_kernel(
                 other=0.0)
     do = tl.load(DO + b * stride_dob + h * stride_doh + rows * stride_dos + offs_d[None, :] * stride_dod, mask=mask,
                  other=0.0)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    delta = tl.reduce(o.to(tl.float32) * do.to(tl.float32), 1, tl.standard._sum_combine)
     tl.store(DELTA + pid_bh.to(tl.int64) * Sq + offs_m, delta, mask=offs_m < Sq)
 
 
@@ -359,15 +361,17 @@ def _attn_bwd_dkdv_kernel(
     if HAS_SEG:
         k_seg = tl.load(KSEG + b * stride_ksegb + rows * stride_ksegs, mask=n_ok, other=-1)
         qseg_base = QSEG + b * stride_qsegb
-        q_lo = tl.min(tl.load(QR_LO + b * Sk + offs_n, mask=n_ok, other=2147483647), 0)
-        q_hi = tl.max(tl.load(QR_HI + b * Sk + offs_n, mask=n_ok, other=0), 0)
+        span_lo = tl.load(QR_LO + b * Sk + offs_n, mask=n_ok, other=2147483647)
+        span_hi = tl.load(QR_HI + b * Sk + offs_n, mask=n_ok, other=0)
+        q_lo = tl.reduce(span_lo, 0, tl.standard._elementwise_min)
+        q_hi = tl.reduce(span_hi, 0, tl.standard._elementwise_max)
         lo = tl.maximum(lo, (q_lo // BLOCK_M) * BLOCK_M)
         end1 = tl.minimum(m_full, q_hi)
         start2 = tl.maximum(m_full, lo)
         hi = tl.minimum(hi, q_hi)
 
-    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dk = tl.full([BLOCK_N, BLOCK_D], 0.0, tl.float32)
+    dv = tl.full([BLOCK_N, BLOCK_D], 0.0, tl.float32)
     for g in range(0, GROUP):
         h = hk * GROUP + g
         bh = b * H + h
@@ -502,8 +506,10 @@ def _attn_bwd_dq_kernel(
     if HAS_SEG:
         q_seg = tl.load(QSEG + b * stride_qsegb + rows * stride_qsegs, mask=m_ok, other=0)
         kseg_base = KSEG + b * stride_ksegb
-        k_lo = tl.min(tl.load(KR_LO + b * Sq + offs_m, mask=m_ok, other=2147483647), 0)
-        k_hi = tl.max(tl.load(KR_HI + b * Sq + offs_m, mask=m_ok, other=0), 0)
+        span_lo = tl.load(KR_LO + b * Sq + offs_m, mask=m_ok, other=2147483647)
+        span_hi = tl.load(KR_HI + b * Sq + offs_m, mask=m_ok, other=0)
+        k_lo = tl.reduce(span_lo, 0, tl.standard._elementwise_min)
+        k_hi = tl.reduce(span_hi, 0, tl.standard._elementwise_max)
         lo = (k_lo // BLOCK_N) * BLOCK_N
         end1 = tl.minimum(full_hi, ((k_hi + BLOCK_N - 1) // BLOCK_N) * BLOCK_N)
         start2 = tl.maximum(full_hi, lo)
@@ -511,7 +517,7 @@ def _attn_bwd_dq_kernel(
 
     k_base = K + b * stride_kb + hk * stride_kh
     v_base = V + b * stride_vb + hk * stride_vh
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    dq = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
     dq = _bwd_dq_inner(
         dq, q, do, lse2, delta, offs_m, q_seg,
         k_base, v_base, kseg_base, stride_ks, stride_kd, stride_vs, stride_vd, stride_ksegs,

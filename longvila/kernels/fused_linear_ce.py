@@ -42,7 +42,7 @@ def _ce_chunk_kernel(
     g_row = GRAD + row * stride_g
     cols = tl.arange(0, BLOCK_V)
     m = tl.full([BLOCK_V], float("-inf"), tl.float32)
-    s = tl.zeros([BLOCK_V], tl.float32)
+    s = tl.full([BLOCK_V], 0.0, tl.float32)
     for start in range(0, V, BLOCK_V):
         idx = start + cols
         x = tl.load(x_row + idx, mask=idx < V, other=float("-inf")).to(tl.float32)
@@ -50,8 +50,8 @@ def _ce_chunk_kernel(
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         s = s * tl.exp(m - m_safe) + tl.exp(x - m_safe)
         m = m_new
-    m_row = tl.max(m, 0)
-    s_row = tl.sum(s * tl.exp(m - m_row), 0)
+    m_row = tl.reduce(m, 0, tl.standard._elementwise_max)
+    s_row = tl.reduce(s * tl.exp(m - m_row), 0, tl.standard._sum_combine)
     lse = m_row + tl.log(s_row)
     target = tl.load(x_row + label).to(tl.float32)
     tl.store(LOSS + row, lse - target)

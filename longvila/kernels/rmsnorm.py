@@ -34,7 +34,7 @@ def _rmsnorm_fwd_kernel(
     cols = tl.arange(0, BLOCK_N)
     mask = cols < N
     x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-    var = tl.sum(x * x, 0) / N
+    var = tl.reduce(x * x, 0, tl.standard._sum_combine) / N
     rstd = tl.rsqrt(var + eps)
     n = (x * rstd).to(X.dtype.element_ty).to(tl.float32)  # HF rounds to the input dtype before the weight
     w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
@@ -51,7 +51,7 @@ def _rmsnorm_bwd_kernel(
     cols = tl.arange(0, BLOCK_N)
     mask = cols < N
     w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-    dw = tl.zeros([BLOCK_N], tl.float32)
+    dw = tl.full([BLOCK_N], 0.0, tl.float32)
     row_start = pid * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, M)
     start64 = row_start.to(tl.int64)
@@ -66,7 +66,7 @@ def _rmsnorm_bwd_kernel(
         n = x * rstd
         dw += dy * n.to(X.dtype.element_ty).to(tl.float32)
         dn = dy * w
-        c = tl.sum(dn * n, 0) / N
+        c = tl.reduce(dn * n, 0, tl.standard._sum_combine) / N
         dx = (dn - n * c) * rstd
         tl.store(dx_ptr, dx.to(DX.dtype.element_ty), mask=mask)
         x_ptr += stride_x

@@ -1,13 +1,15 @@
 """Kernel tests run the real Triton kernels: on CUDA when present, else in the Triton CPU interpreter.
 
-``TRITON_INTERPRET=1`` is set here at import time, before any test module imports a kernel module. It does not
-matter if triton itself was imported earlier (pytest plugins or other packages may do that): triton reads the
-variable when a kernel is wrapped, and ``longvila.kernels`` wraps its kernels lazily at their first launch, so the
-mode active at launch time is the one used. ``test_interpreter_is_active`` (test_backend_selection.py) checks that
-kernels really run on CPU tensors. With CUDA the variable is left alone and the same tests run compiled on the GPU.
+Without CUDA an autouse fixture sets ``TRITON_INTERPRET=1`` for every test in this directory (and only there: set
+at import time it would leak into every other test of a full ``pytest tests`` run, making ``triton_available()``
+and the fused kernels' auto-selection depend on which directories were collected). Setting it late is safe
+because ``longvila.kernels`` wraps its kernels with ``triton.jit`` lazily, at their first launch, in the mode
+active at that moment; when triton itself was imported (by pytest plugins or other packages) does not matter.
+``test_interpreter_is_active_on_cpu`` (test_backend_selection.py) checks that kernels really run on CPU tensors.
+With CUDA the variable is left alone and the same tests run compiled on the GPU.
 
 Inputs are fresh random draws on every run (seed from ``KERNEL_TEST_SEED`` when set, so a failure can be replayed;
-each test's seed is in its failure message via the ``make`` fixture's ``seed`` attribute).
+each failure message names the seed through the ``make`` fixture's repr).
 """
 
 from __future__ import annotations
@@ -17,9 +19,6 @@ import random
 
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -41,6 +40,12 @@ class _Maker:
 
     def __repr__(self) -> str:
         return f"KERNEL_TEST_SEED={self.seed}"
+
+
+@pytest.fixture(autouse=True)
+def _triton_interpreter_without_cuda(monkeypatch):
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture

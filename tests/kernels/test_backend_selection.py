@@ -51,6 +51,40 @@ def test_everything_imports_on_cpu_without_the_interpreter():
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+def test_interpreter_works_when_triton_was_imported_first():
+    """In a full ``pytest tests`` run transformers imports triton long before this directory's fixtures set
+    TRITON_INTERPRET; every kernel must still run in the interpreter (they avoid triton's import-time-jitted
+    library functions, and wrap their own kernels lazily)."""
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: kernels run compiled")
+    code = (
+        "import os, sys, torch, transformers.models.qwen2.modeling_qwen2\n"
+        "assert 'triton' in sys.modules\n"
+        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "from longvila.kernels import flash_attention as fa, fused_linear_ce as ce, lse_merge as lm\n"
+        "from longvila.kernels import rmsnorm as rn, rope as rp\n"
+        "q = torch.randn(1, 2, 19, 16)\n"
+        "seg = torch.tensor([[0] * 7 + [1] * 12], dtype=torch.int32)\n"
+        "out, lse = fa.flash_attn_forward(q, q, q, causal=True, scale=0.25, q_segment_ids=seg, k_segment_ids=seg)\n"
+        "ref, _ = fa.attention_reference(q, q, q, causal=True, scale=0.25, q_segment_ids=seg, k_segment_ids=seg)\n"
+        "torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)\n"
+        "dq, dk, dv = fa.flash_attn_backward(q, q, q, q, out, lse, causal=True, scale=0.25, q_segment_ids=seg,\n"
+        "                                    k_segment_ids=seg)\n"
+        "torch.testing.assert_close(lm.lse_merge(out, lse, out, lse)[0], out, rtol=1e-5, atol=1e-5)\n"
+        "x, w = torch.randn(3, 32), torch.rand(32)\n"
+        "torch.testing.assert_close(rn.rms_norm(x, w), rn.rms_norm_reference(x, w))\n"
+        "pos = torch.arange(19)[None]\n"
+        "want = rp.apply_rope_reference(q, q, *rp.rope_cos_sin(pos, 16))[0]\n"
+        "torch.testing.assert_close(rp.apply_rope(q, q, pos)[0], want)\n"
+        "h, W, y = torch.randn(6, 16), torch.randn(40, 16), torch.tensor([1, 2, -100, 3, 39, 0])\n"
+        "got = ce.fused_linear_cross_entropy(h, W, y, use_triton=True)[0]\n"
+        "torch.testing.assert_close(got, ce.linear_cross_entropy_reference(h, W, y)[0])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_resolve_attn_backend():
     assert kernels.resolve_attn_backend("torch", "cpu") == "torch"
     assert kernels.resolve_attn_backend("auto", "cpu") == "torch"

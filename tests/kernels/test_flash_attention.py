@@ -266,8 +266,7 @@ configs = {"_attn_fwd_kernel": fa._FWD_CONFIGS[0], "_attn_bwd_dkdv_kernel": fa._
            "_attn_bwd_dq_kernel": fa._DQ_CONFIGS[0]}
 variants = [("bf16", 128, True, True, None), ("fp16", 64, False, False, None)]
 if sys.argv[1] == "all":
-    variants += [("bf16", 80, True, False, None), ("bf16", 96, False, True, None),
-                 ("fp32", 128, True, True, fa._SAFE_CONFIG), ("fp32", 64, False, False, None)]
+    variants += [("bf16", 80, True, False, None), ("fp32", 128, True, True, fa._SAFE_CONFIG)]
 for dtype, d, causal, seg, forced in variants:
     for name, config in configs.items():
         block_m, block_n, warps, stages = forced or config
@@ -323,8 +322,8 @@ def test_all_kernels_compile_for_h100_without_a_gpu():
 
 @pytest.mark.slow
 def test_attention_compiles_for_h100_in_more_variants():
-    """d=80/96 (padded), fp32 (IEEE dots, the fall-back config): about a minute of compiling."""
-    assert len(_compile_for_h100("all")) == 23
+    """d=80 (padded to 128) and fp32 (IEEE dots, the fall-back config): about a minute of compiling."""
+    assert len(_compile_for_h100("all")) == 17
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,313 @@
+"""Microbenchmarks of longvila.kernels against torch baselines (run: ``pytest benchmarks/ --benchmark-only``).
+
+Every Triton test also times its baseline in the same process and records ``extra_info``:
+``baseline_ms``, ``ratio_vs_baseline`` (baseline time / ours: > 1 means the kernel is faster), and for attention
+``tflops`` / ``baseline_tflops`` with FLOPs = 4*B*H*S^2*D (x0.5 causal) forward and 2.5x that backward. The chunked
+cross-entropy also records peak memory (``peak_mib``, ``baseline_peak_mib``, ``memory_ratio``) on the GPU.
+The baseline itself is benchmarked too, so both appear in pytest-benchmark's table, grouped per kernel.
+
+GPU shapes: attention B=1, H=16, S=16384, D=128 causal bf16 (fwd and fwd+bwd) against SDPA's fastest backend;
+CE 32768 tokens x 152064 vocab x 3584 hidden bf16; RMSNorm 32768x3584; RoPE 28q/4kv heads x 32768 x 128.
+CPU (interpreter) shapes are tiny and only check that everything runs.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from longvila.kernels import flash_attention as fa
+from longvila.kernels.fused_linear_ce import fused_linear_cross_entropy
+from longvila.kernels.lse_merge import lse_merge, lse_merge_reference
+from longvila.kernels.rmsnorm import rms_norm, rms_norm_reference
+from longvila.kernels.rope import apply_rope, apply_rope_reference, rope_cos_sin
+
+ON_GPU = torch.cuda.is_available()
+
+
+def _sync():
+    if ON_GPU:
+        torch.cuda.synchronize()
+
+
+def _median_seconds(fn, rounds, warmup):
+    for _ in range(warmup):
+        fn()
+    _sync()
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        _sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _run(benchmark, fn, rounds):
+    def timed():
+        fn()
+        _sync()
+
+    benchmark.pedantic(timed, **rounds)
+    if benchmark.stats is None:  # --benchmark-disable: the function ran once, untimed
+        return _median_seconds(fn, 1, 0)
+    return benchmark.stats.stats.median
+
+
+def _sig(x: float) -> float:
+    """Four significant digits (interpreter TFLOPS are tiny; GPU ones are not)."""
+    return float(f"{x:.4g}")
+
+
+def _record(benchmark, ours_s, baseline_s, baseline_name, **extra):
+    benchmark.extra_info.update(
+        device=torch.cuda.get_device_name() if ON_GPU else "cpu (triton interpreter)",
+        baseline=baseline_name,
+        baseline_ms=_sig(baseline_s * 1e3),
+        ratio_vs_baseline=_sig(baseline_s / ours_s),
+        **extra,
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# attention
+# ------------------------------------------------------------------------------------------------------------
+ATTN = dict(b=1, h=16, s=16384, d=128, dtype=torch.bfloat16) if ON_GPU else dict(b=1, h=2, s=48, d=32,
+                                                                                  dtype=torch.float32)
+
+
+def _attn_inputs(device):
+    g = torch.Generator(device="cpu").manual_seed(0)
+    shape = (ATTN["b"], ATTN["h"], ATTN["s"], ATTN["d"])
+    return [torch.randn(shape, generator=g).to(device=device, dtype=ATTN["dtype"]).requires_grad_() for _ in range(3)]
+
+
+def _attn_flops(mode):
+    fwd = 4 * ATTN["b"] * ATTN["h"] * ATTN["s"] ** 2 * ATTN["d"] * 0.5  # causal
+    return {"fwd": fwd, "fwd_bwd": 3.5 * fwd}[mode]
+
+
+def _sdpa_best(q, k, v, mode, rounds):
+    """Fastest SDPA backend on this machine for the mode; returns (name, seconds)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    candidates = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION] \
+        if ON_GPU else [SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
+    best = None
+    for backend in candidates:
+        def run(backend=backend):
+            with sdpa_kernel(backend):
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                if mode == "fwd_bwd":
+                    out.backward(torch.ones_like(out))
+        try:
+            seconds = _median_seconds(run, rounds["rounds"], rounds["warmup_rounds"])
+        except RuntimeError:  # backend not available for this dtype/device/shape
+            continue
+        if best is None or seconds < best[1]:
+            best = (backend.name, seconds)
+    return best
+
+
+def _triton_attention(q, k, v, mode):
+    scale = 1.0 / math.sqrt(q.shape[-1])
+
+    def run():
+        out = fa.FlashAttentionFunction.apply(q, k, v, True, scale, None, None)
+        if mode == "fwd_bwd":
+            out.backward(torch.ones_like(out))
+    return run
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
+def test_attention_triton(benchmark, device, rounds, mode):
+    benchmark.group = f"attention-{mode}"
+    q, k, v = _attn_inputs(device)
+    if mode == "fwd":
+        q, k, v = (t.detach() for t in (q, k, v))
+    ours = _run(benchmark, _triton_attention(q, k, v, mode), rounds)
+    name, base = _sdpa_best(q, k, v, mode, rounds)
+    flops = _attn_flops(mode)
+    _record(benchmark, ours, base, f"sdpa:{name}", shape=str(tuple(q.shape)), dtype=str(ATTN["dtype"]),
+            causal=True, tflops=_sig(flops / ours / 1e12), baseline_tflops=_sig(flops / base / 1e12))
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
+def test_attention_sdpa_baseline(benchmark, device, rounds, mode):
+    benchmark.group = f"attention-{mode}"
+    q, k, v = _attn_inputs(device)
+
+    def run():
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if mode == "fwd_bwd":
+            out.backward(torch.ones_like(out))
+    seconds = _run(benchmark, run, rounds)
+    benchmark.extra_info.update(tflops=_sig(_attn_flops(mode) / seconds / 1e12), backend="sdpa default")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# LSE merge
+# ------------------------------------------------------------------------------------------------------------
+MERGE = (1, 28, 32768, 128) if ON_GPU else (1, 2, 64, 32)
+
+
+def _merge_inputs(device):
+    g = torch.Generator().manual_seed(1)
+    o1, o2 = (torch.randn(MERGE, generator=g).to(device) for _ in range(2))
+    l1, l2 = (torch.randn(MERGE[:-1], generator=g).to(device) for _ in range(2))
+    return o1, l1, o2, l2
+
+
+def test_lse_merge_triton(benchmark, device, rounds):
+    benchmark.group = "lse-merge"
+    args = _merge_inputs(device)
+    ours = _run(benchmark, lambda: lse_merge(*args), rounds)
+    base = _median_seconds(lambda: lse_merge_reference(*args), rounds["rounds"], rounds["warmup_rounds"])
+    _record(benchmark, ours, base, "torch reference", shape=str(MERGE))
+
+
+def test_lse_merge_torch_baseline(benchmark, device, rounds):
+    benchmark.group = "lse-merge"
+    args = _merge_inputs(device)
+    _run(benchmark, lambda: lse_merge_reference(*args), rounds)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# RMSNorm
+# ------------------------------------------------------------------------------------------------------------
+NORM = ((32768, 3584), torch.bfloat16) if ON_GPU else ((64, 96), torch.float32)
+
+
+def _norm_inputs(device):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(NORM[0], generator=g).to(device=device, dtype=NORM[1]).requires_grad_()
+    w = torch.ones(NORM[0][1], device=device, dtype=NORM[1], requires_grad=True)
+    return x, w
+
+
+def _norm_step(fn, x, w):
+    def run():
+        y = fn(x, w, 1e-6)
+        y.backward(torch.ones_like(y))
+    return run
+
+
+def test_rmsnorm_triton(benchmark, device, rounds):
+    benchmark.group = "rmsnorm-fwd_bwd"
+    x, w = _norm_inputs(device)
+    ours = _run(benchmark, _norm_step(rms_norm, x, w), rounds)
+    base = _median_seconds(_norm_step(rms_norm_reference, x, w), rounds["rounds"], rounds["warmup_rounds"])
+    _record(benchmark, ours, base, "HF Qwen2RMSNorm formula", shape=str(NORM[0]), dtype=str(NORM[1]))
+
+
+def test_rmsnorm_hf_baseline(benchmark, device, rounds):
+    benchmark.group = "rmsnorm-fwd_bwd"
+    x, w = _norm_inputs(device)
+    _run(benchmark, _norm_step(rms_norm_reference, x, w), rounds)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# RoPE
+# ------------------------------------------------------------------------------------------------------------
+ROPE = dict(b=1, hq=28, hk=4, s=32768, d=128, dtype=torch.bfloat16) if ON_GPU else dict(b=1, hq=4, hk=2, s=32, d=32,
+                                                                                         dtype=torch.float32)
+
+
+def _rope_inputs(device):
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(ROPE["b"], ROPE["hq"], ROPE["s"], ROPE["d"], generator=g)
+    k = torch.randn(ROPE["b"], ROPE["hk"], ROPE["s"], ROPE["d"], generator=g)
+    q, k = (t.to(device=device, dtype=ROPE["dtype"]).requires_grad_() for t in (q, k))
+    pos = torch.arange(ROPE["s"], device=device)[None].expand(ROPE["b"], -1)
+    return q, k, pos
+
+
+def _hf_rope(q, k, pos):
+    cos, sin = rope_cos_sin(pos, q.shape[-1], 1e6)
+    return apply_rope_reference(q, k, cos, sin)
+
+
+def _rope_step(fn, q, k, pos):
+    def run():
+        qo, ko = fn(q, k, pos)
+        torch.autograd.backward([qo, ko], [torch.ones_like(qo), torch.ones_like(ko)])
+    return run
+
+
+def test_rope_triton(benchmark, device, rounds):
+    benchmark.group = "rope-fwd_bwd"
+    q, k, pos = _rope_inputs(device)
+    ours = _run(benchmark, _rope_step(lambda a, b, p: apply_rope(a, b, p, 1e6), q, k, pos), rounds)
+    base = _median_seconds(_rope_step(_hf_rope, q, k, pos), rounds["rounds"], rounds["warmup_rounds"])
+    _record(benchmark, ours, base, "HF apply_rotary_pos_emb", shape=str(tuple(q.shape)), dtype=str(ROPE["dtype"]))
+
+
+def test_rope_hf_baseline(benchmark, device, rounds):
+    benchmark.group = "rope-fwd_bwd"
+    q, k, pos = _rope_inputs(device)
+    _run(benchmark, _rope_step(_hf_rope, q, k, pos), rounds)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# chunked linear + cross-entropy
+# ------------------------------------------------------------------------------------------------------------
+CE = dict(n=32768, v=152064, h=3584, dtype=torch.bfloat16) if ON_GPU else dict(n=64, v=512, h=32, dtype=torch.float32)
+
+
+def _ce_inputs(device):
+    g = torch.Generator().manual_seed(4)
+    h = (torch.randn(CE["n"], CE["h"], generator=g) * 0.5).to(device=device, dtype=CE["dtype"]).requires_grad_()
+    w = (torch.randn(CE["v"], CE["h"], generator=g) * 0.02).to(device=device, dtype=CE["dtype"]).requires_grad_()
+    labels = torch.randint(0, CE["v"], (CE["n"],), generator=g)
+    labels[: CE["n"] // 10] = -100
+    return h, w, labels.to(device)
+
+
+def _naive_ce(h, w, labels):
+    logits = (h @ w.t()).float()  # what an HF causal LM does: bf16 logits, upcast for the loss
+    return F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum"), (labels != -100).sum()
+
+
+def _ce_step(fn, h, w, labels):
+    def run():
+        h.grad = w.grad = None
+        loss, _ = fn(h, w, labels)
+        loss.backward()
+    return run
+
+
+def _peak_mib(fn):
+    if not ON_GPU:
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - start) / 2**20
+
+
+def test_fused_linear_ce_triton(benchmark, device, rounds):
+    benchmark.group = "linear-ce-fwd_bwd"
+    h, w, labels = _ce_inputs(device)
+    ours_step = _ce_step(fused_linear_cross_entropy, h, w, labels)
+    base_step = _ce_step(_naive_ce, h, w, labels)
+    ours = _run(benchmark, ours_step, rounds)
+    base = _median_seconds(base_step, rounds["rounds"], rounds["warmup_rounds"])
+    extra = {"shape": f"{CE['n']} tokens x {CE['v']} vocab x {CE['h']} hidden", "dtype": str(CE["dtype"])}
+    if ON_GPU:
+        ours_peak, base_peak = _peak_mib(ours_step), _peak_mib(base_step)
+        extra.update(peak_mib=_sig(ours_peak), baseline_peak_mib=_sig(base_peak),
+                     memory_ratio=_sig(base_peak / ours_peak))
+    _record(benchmark, ours, base, "naive full-logits linear + F.cross_entropy", **extra)
+
+
+def test_linear_ce_naive_baseline(benchmark, device, rounds):
+    benchmark.group = "linear-ce-fwd_bwd"
+    h, w, labels = _ce_inputs(device)
+    _run(benchmark, _ce_step(_naive_ce, h, w, labels), rounds)
