@@ -542,13 +542,15 @@ def _gpu_configs(pairs):
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in pairs]
 
 
-# H100 candidates ``(BLOCK_M, BLOCK_N, num_warps, num_stages)``, chosen by compiling for sm_90 on a machine
-# without a GPU (bf16, d=128, causal, packed): all use wgmma, fit shared memory and do not spill registers.
-# The first entry is the default when autotuning is off (LONGVILA_TRITON_AUTOTUNE=0); configs that exceed shared
-# memory for fp32 or d=256 are dropped by the autotuner, and the default falls back to _SAFE_CONFIG there.
-_FWD_CONFIGS = [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 64, 8, 4), (64, 32, 4, 4), (128, 32, 8, 3)]
-_DKDV_CONFIGS = [(16, 128, 8, 3), (32, 64, 8, 3), (16, 64, 8, 3), (32, 128, 8, 3), (64, 64, 8, 2)]
-_DQ_CONFIGS = [(128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 4), (128, 32, 8, 3), (64, 16, 4, 3)]
+# H100 candidates ``(BLOCK_M, BLOCK_N, num_warps, num_stages)``. First picked by compiling for sm_90 without a GPU
+# (wgmma, fits shared memory, no spills), then re-ranked by `benchmarks/tune_flash_attention.py` on an H100
+# (bf16, d=128, causal, 16 heads x 16K; see benchmarks/RESULTS.md): the measured best of each kernel is listed.
+# The first entry is the default when autotuning is off (LONGVILA_TRITON_AUTOTUNE=0), so it is a config that also
+# fits GPUs with less shared memory; configs that exceed shared memory (fp32, d=256, smaller GPUs) are dropped by
+# the autotuner, and the default falls back to _SAFE_CONFIG there.
+_FWD_CONFIGS = [(128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 8, 4), (64, 64, 4, 2), (64, 32, 4, 4)]
+_DKDV_CONFIGS = [(64, 64, 4, 2), (64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 8, 3), (32, 64, 4, 3), (16, 64, 8, 3)]
+_DQ_CONFIGS = [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 4, 3), (64, 16, 4, 3)]
 _SAFE_CONFIG = (64, 32, 4, 2)
 _TUNE_KEY = ["HEAD_DIM", "SEQ_BUCKET", "IS_CAUSAL", "HAS_SEG"]
 _INTERPRET_BLOCK = {"BLOCK_M": 16, "BLOCK_N": 16}

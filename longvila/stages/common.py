@@ -182,6 +182,12 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
     model, tokenizer, image_processor = load_vila(init_from)
     if spec.prepare_model is not None:
         spec.prepare_model(model, tokenizer, args)
+    if args.model.fused_kernels:
+        from longvila.model.fused import enable_fused_kernels
+
+        report = enable_fused_kernels(model)
+        logger.info("fused kernels: %d RMSNorm, %d attention RoPE, chunked linear+CE", report.rms_norms,
+                    report.attentions)
     _freeze(model, spec, args)
     if args.train.gradient_checkpointing:
         model.enable_gradient_checkpointing()

@@ -16,7 +16,7 @@ def reference_attention(q, k, v, *, scale, causal, segment_ids=None):
     v = v.repeat_interleave(n_rep, dim=1)
     scores = (q @ k.transpose(-1, -2)) * scale
     length = q.shape[2]
-    allowed = torch.ones(length, length, dtype=torch.bool)
+    allowed = torch.ones(length, length, dtype=torch.bool, device=q.device)
     if causal:
         allowed = allowed.tril()
     allowed = allowed[None, None]

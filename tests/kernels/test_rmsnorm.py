@@ -46,7 +46,7 @@ def test_module_wraps_hf_norm_and_shares_its_weight(make):
     transformers = pytest.importorskip("transformers")
     from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
-    hf = Qwen2RMSNorm(24, eps=1e-5)
+    hf = Qwen2RMSNorm(24, eps=1e-5).to(make.device)
     with torch.no_grad():
         hf.weight.copy_(1.0 + 0.1 * make(24))
     fused = FusedRMSNorm.from_module(hf)
