@@ -3,6 +3,8 @@
     longvila pipeline --output_dir runs/tiny [stage flags...]   # s1 -> s5, each from the previous output
     longvila train s4_context_ext --output_dir runs/s4 [...]    # one stage (same as python -m longvila.stages.X)
     longvila stages                                             # list the stages and what they train
+    longvila vniah --model DIR --output_dir DIR [...]           # V-NIAH heatmap (longvila.eval.vniah)
+    longvila passkey --model DIR --output_dir DIR [...]         # passkey retrieval heatmap (longvila.eval.passkey)
 """
 
 from __future__ import annotations
@@ -65,8 +67,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     train = commands.add_parser("train", help="run one stage", add_help=False)
     train.add_argument("stage", choices=STAGES)
     commands.add_parser("stages", help="list the stages")
+    commands.add_parser("vniah", help="visual needle-in-a-haystack evaluation", add_help=False)
+    commands.add_parser("passkey", help="passkey retrieval evaluation", add_help=False)
     args, rest = parser.parse_known_args(argv)
 
+    if args.command in ("vniah", "passkey"):
+        importlib.import_module(f"longvila.eval.{args.command}").main(rest)
+        return
     try:
         if args.command == "stages":
             for name in STAGES:

@@ -8,7 +8,7 @@ interrupted run never leaves a half-written dataset behind and concurrent caller
 duplicate work. Still, call it on one rank and barrier when you can.
 
 Stages (``ensure_synthetic_data``): s1_align / s2_pretrain = captions, s3_sft = image QA, s4_context_ext =
-passkey documents, s5_long_video_sft = needle-in-a-video clips.
+passkey documents, s5_long_video_sft = needle-in-a-video clips of varying length.
 """
 
 from __future__ import annotations
@@ -273,27 +273,43 @@ def needle_video(rng: np.random.Generator, num_frames: int, size: int) -> tuple[
                     "grey": grey}
 
 
-def make_video_data(directory, n: int, num_frames: int, size: int = 64, seed: int = 0, fps: int = 8) -> Path:
-    """Needle-in-a-video clips: "<video>\\nWhat colour is the shape that appears in the video?" -> "Red."."""
+def make_video_data(directory, n: int, num_frames: int, size: int = 64, seed: int = 0, fps: int = 8,
+                    min_frames: int | None = None) -> Path:
+    """Needle-in-a-video clips: "<video>\\nWhat colour is the shape that appears in the video?" -> "Red."."
+
+    Every clip has ``num_frames`` frames, or with ``min_frames`` a length drawn uniformly from
+    ``[min_frames, num_frames]`` per clip (the needle at a uniformly random frame of it). Read such a set with an
+    fps cap equal to ``fps`` (``--fps 8`` for the default) so every clip yields each of its own frames exactly once:
+    the model then sees haystacks of every length up to ``num_frames`` instead of one fixed length, which is what
+    lets the embedded default learn the needle task quickly (short clips make the needle easy to find early on)
+    and generalise to longer haystacks (stage 5's recipe and ``longvila vniah``).
+    """
     _check_n(n)
     _check_n(num_frames, "num_frames")
+    if min_frames is not None:
+        _check_n(min_frames, "min_frames")
+        if min_frames > num_frames:
+            raise ValueError(f"min_frames {min_frames} > num_frames {num_frames}")
     if size % 2:
         raise ValueError(f"size must be even for yuv420p video, got {size}")
     directory = Path(directory)
-    out = directory / f"videos_n{n}_f{num_frames}_seed{seed}_{size}px.json"
+    span = f"f{num_frames}" if min_frames is None else f"f{min_frames}-{num_frames}"
+    out = directory / f"videos_n{n}_{span}_seed{seed}_{size}px.json"
     if out.exists():
         return out
-    media = f"videos_f{num_frames}_fps{fps}_seed{seed}_{size}px"
+    media = f"videos_{span}_fps{fps}_seed{seed}_{size}px"
     (directory / media).mkdir(parents=True, exist_ok=True)
     records = []
     for i in tqdm(range(n), desc="synthetic needle videos", unit="video"):
-        frames, meta = needle_video(_rng(seed, i, "video"), num_frames, size)
+        rng = _rng(seed, i, "video")
+        length = num_frames if min_frames is None else int(rng.integers(min_frames, num_frames + 1))
+        frames, meta = needle_video(rng, length, size)
         rel = f"{media}/{i:06d}.mp4"
         path = directory / rel
         if not path.exists():
             _atomic(path, lambda tmp: write_video(tmp, frames, fps=fps))
         records.append({
-            "id": f"video-{seed}-{i}", "video": rel, "num_frames": num_frames, "fps": fps, **meta,
+            "id": f"video-{seed}-{i}", "video": rel, "num_frames": length, "fps": fps, **meta,
             "conversations": [
                 {"from": "human", "value": f"{VIDEO_TOKEN}\nWhat colour is the shape that appears in the video?"},
                 {"from": "gpt", "value": f"{meta['needle_colour'].capitalize()}."},
@@ -309,7 +325,9 @@ STAGE_DEFAULTS = {
     "s2_pretrain": (make_caption_data, {"n": 256, "seed": 1}),
     "s3_sft": (make_instruction_data, {"n": 256, "seed": 2}),
     "s4_context_ext": (make_long_text_data, {"n_docs": 64, "doc_tokens_approx": 1024, "seed": 3}),
-    "s5_long_video_sft": (make_video_data, {"n": 128, "num_frames": 32, "size": 64, "seed": 4}),
+    # Clips of 1-32 frames (read with stage 5's fps cap of 8): the embedded default learns the needle task from
+    # them and finds the needle in haystacks of 512 frames (benchmarks/vniah_tiny.py).
+    "s5_long_video_sft": (make_video_data, {"n": 1024, "num_frames": 32, "min_frames": 1, "size": 64, "seed": 4}),
 }
 
 

@@ -1,0 +1,168 @@
+"""Passkey retrieval: a 5-digit pass key hidden in filler text, over a grid of context lengths x depths.
+
+    longvila passkey --model runs/tiny/s4_context_ext --output_dir runs/passkey
+    torchrun --nproc_per_node 2 -m longvila.eval.passkey --model DIR --seq_parallel_size 2 --max_length 65536 ...
+
+The standard check that stage 4 (context extension) worked. A document is the stage-4 training format
+(:func:`longvila.data.synthetic.passkey_document`), as plain text without a chat template::
+
+    There is important information hidden in this text. Find it and remember it. <filler sentences, with
+    "The pass key is 12345. Remember it." inserted> What is the pass key? The pass key is 12345
+
+Context length L (tokens) takes ``range(min_length, max_length + 1, length_step)``; filler sentences are added
+until the whole document reaches L tokens (the JSON records the exact count). The key sentence goes before filler
+sentence ``floor(depth * n / 100)`` of the n filler sentences (:func:`longvila.eval.grid.needle_index`). The answer
+is the key's digits after "The pass key is"; scoring, SP, JSON and heatmap are those of :mod:`longvila.eval.grid`.
+``--num_keys`` keys per cell (different keys and filler, deterministic in ``--seed``, length and depth).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from longvila.constants import IGNORE_INDEX
+from longvila.eval.grid import (
+    EvalError,
+    EvalRuntime,
+    GridSpec,
+    base_config,
+    check_model_dir,
+    cli_main,
+    common_parser,
+    depth_values,
+    insert_needle,
+    run_grid,
+    runtime_from_args,
+    score,
+    summarize,
+    teacher_forced,
+    value_range,
+    write_results,
+)
+
+logger = logging.getLogger("longvila.eval")
+
+INTRO = "There is important information hidden in this text. Find it and remember it."
+KEY_SENTENCE = "The pass key is {key}. Remember it."
+QUESTION = "What is the pass key? The pass key is"
+
+
+def passkey_sample(tokenizer, length: int, depth: float, key: int, rng: np.random.Generator):
+    """(input_ids, labels, info) of a document of about ``length`` tokens, labels on the key's tokens only."""
+    from longvila.data.synthetic import FILLER
+
+    def encode(text: str) -> list[int]:
+        return list(tokenizer.encode(text, add_special_tokens=False))
+
+    fixed = len(encode(" ".join([INTRO, KEY_SENTENCE.format(key=key), QUESTION]))) + len(encode(f" {key}"))
+    cost = {s: len(encode(" " + s)) for s in FILLER}
+    filler, used = [], fixed
+    while True:
+        sentence = FILLER[rng.integers(len(FILLER))]
+        if used + cost[sentence] > length:
+            break
+        filler.append(sentence)
+        used += cost[sentence]
+    body, index = insert_needle(filler, KEY_SENTENCE.format(key=key), depth)
+    prompt_text = " ".join([INTRO, *body, QUESTION])
+    prompt, full = encode(prompt_text), encode(f"{prompt_text} {key}")
+    if full[:len(prompt)] != prompt:  # a tokenizer that merges across the boundary: encode the parts apart
+        full = prompt + encode(f" {key}")
+    answer_ids = full[len(prompt):]
+    ids = torch.tensor(full)
+    labels = torch.tensor([IGNORE_INDEX] * len(prompt) + answer_ids)
+    return ids, labels, {"filler_sentences": len(filler), "key_sentence": index}
+
+
+@dataclass
+class PasskeyConfig:
+    output_dir: Path
+    model: str | None = None
+    min_length: int = 256
+    max_length: int = 4096
+    length_step: int = 256
+    depth_step: float = 10.0
+    num_keys: int = 1
+    seq_parallel_size: int = 1
+    seq_parallel_ring_size: int = 1
+    seq_parallel_ring_type: str = "zigzag_ring"
+    attn_backend: str = "auto"
+    dtype: str | None = None
+    seed: int = 0
+    title: str | None = None
+    disable_tqdm: bool = False
+
+
+def validate(cfg: PasskeyConfig) -> tuple[list[int], list[float]]:
+    lengths = value_range(cfg.min_length, cfg.max_length, cfg.length_step, "length")
+    if cfg.model is not None:
+        check_model_dir(cfg.model)
+    if cfg.min_length < 64:
+        raise EvalError(f"--min_length must be >= 64 tokens (room for the question and the key), got "
+                        f"{cfg.min_length}")
+    if cfg.num_keys < 1:
+        raise EvalError(f"--num_keys must be >= 1, got {cfg.num_keys}")
+    return lengths, depth_values(cfg.depth_step)
+
+
+def run_passkey(cfg: PasskeyConfig, runtime: EvalRuntime | None = None) -> dict:
+    """Evaluate the grid, write ``passkey_results.json`` + ``passkey_heatmap.png`` (rank 0), return the results."""
+    lengths, depths = validate(cfg)
+    if runtime is None:
+        runtime = runtime_from_args(cfg)
+    tokenizer = runtime.tokenizer
+    window = getattr(runtime.model.llm.config, "max_position_embeddings", None)
+    if window and cfg.max_length > window:
+        logger.warning("--max_length %d exceeds the model's max_position_embeddings %d", cfg.max_length, window)
+
+    def evaluate(length: int, depth: float) -> list[dict]:
+        samples = []
+        for j in range(cfg.num_keys):
+            rng = np.random.default_rng([cfg.seed, length, int(round(depth * 1000)), j])
+            key = int(rng.integers(10000, 100000))
+            ids, labels, info = passkey_sample(tokenizer, length, depth, key, rng)
+            result = teacher_forced(runtime.model, ids[None], labels[None], layout=runtime.layout)[0]
+            samples.append({"key": key, "seq_len": len(ids), **info, **score(tokenizer, result, str(key))})
+        return samples
+
+    spec = GridSpec("passkey", "context_tokens", "Context length (tokens)", tuple(lengths), tuple(depths))
+    cells = run_grid(spec, evaluate, runtime, cfg.disable_tqdm)
+    config = {
+        **base_config(cfg, runtime),
+        "min_length": cfg.min_length, "max_length": cfg.max_length, "length_step": cfg.length_step,
+        "num_keys": cfg.num_keys,
+        "max_position_embeddings": window,
+        "insertion_rule": "key sentence inserted before filler sentence floor(depth * n / 100)",
+        "scoring": "one teacher-forced forward; argmax at the key's positions == key, whitespace-insensitive",
+    }
+    results = summarize(spec, cells, config)
+    if runtime.is_main:
+        json_path, png_path = write_results(results, cfg.output_dir, cfg.title)
+        logger.info("passkey mean accuracy %.1f%% over %d samples; wrote %s and %s",
+                    100 * results["mean_accuracy"], results["num_samples"], json_path, png_path)
+    return results
+
+
+def parse_args(argv: Sequence[str]) -> PasskeyConfig:
+    parser = common_parser("longvila passkey", "Passkey retrieval over context length x depth.")
+    parser.add_argument("--min_length", type=int, default=256, help="Shortest context (tokens).")
+    parser.add_argument("--max_length", type=int, default=4096, help="Longest context (tokens).")
+    parser.add_argument("--length_step", type=int, default=256)
+    parser.add_argument("--num_keys", type=int, default=1, help="Pass keys per cell.")
+    cfg = PasskeyConfig(**vars(parser.parse_args(list(argv))))
+    validate(cfg)
+    return cfg
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    cli_main("longvila passkey", lambda a: run_passkey(parse_args(a)), argv)
+
+
+if __name__ == "__main__":
+    main()
