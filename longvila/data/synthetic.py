@@ -140,32 +140,43 @@ def _check_n(n, name="n"):
         raise ValueError(f"{name} must be a positive int, got {n!r}")
 
 
-# ----------------------------------------------------------------------------------------- stage 1/2: captions
-def make_caption_data(directory, n: int, seed: int = 0, size: int = 64) -> Path:
-    """Caption conversations over PNGs of one coloured shape: "<image>\\nDescribe the image." -> "A red circle."."""
+def _shape_image_set(directory, out_name: str, media: str, n: int, seed: int, size: int, kind: str, id_prefix: str,
+                     conversation) -> Path:
+    """Write ``n`` one-shape PNGs and a LLaVA JSON whose record ``i`` holds ``conversation(rng, spec)``.
+
+    The shared body of the image stages: each record is seeded by (seed, i, kind) alone, so any prefix of a set is
+    the same whatever ``n`` is, and an existing JSON is reused as is.
+    """
     _check_n(n)
     directory = Path(directory)
-    out = directory / f"captions_n{n}_seed{seed}_{size}px.json"
+    out = directory / out_name
     if out.exists():
         return out
-    media = f"images_seed{seed}_{size}px"
     (directory / media).mkdir(parents=True, exist_ok=True)
     records = []
-    for i in tqdm(range(n), desc="synthetic captions", unit="img"):
-        rng = _rng(seed, i, "caption")
+    for i in tqdm(range(n), desc=f"synthetic {kind}s", unit="img"):
+        rng = _rng(seed, i, kind)
         spec = random_shape(rng, size)
         rel = f"{media}/{i:06d}.png"
         _save_png(directory / rel, render_shape_image(spec, size))
-        prompt = CAPTION_PROMPTS[rng.integers(len(CAPTION_PROMPTS))]
-        records.append({
-            "id": f"caption-{seed}-{i}", "image": rel, **{k: spec[k] for k in ("shape", "colour", "background")},
-            "conversations": [
-                {"from": "human", "value": f"{IMAGE_TOKEN}\n{prompt}"},
-                {"from": "gpt", "value": describe(spec["colour"], spec["shape"]) + "."},
-            ],
-        })
+        records.append({"id": f"{id_prefix}-{seed}-{i}", "image": rel,
+                        **{k: spec[k] for k in ("shape", "colour", "background")},
+                        "conversations": conversation(rng, spec)})
     _write_json(out, records)
     return out
+
+
+# ----------------------------------------------------------------------------------------- stage 1/2: captions
+def make_caption_data(directory, n: int, seed: int = 0, size: int = 64) -> Path:
+    """Caption conversations over PNGs of one coloured shape: "<image>\\nDescribe the image." -> "A red circle."."""
+
+    def caption(rng, spec):
+        prompt = CAPTION_PROMPTS[rng.integers(len(CAPTION_PROMPTS))]
+        return [{"from": "human", "value": f"{IMAGE_TOKEN}\n{prompt}"},
+                {"from": "gpt", "value": describe(spec["colour"], spec["shape"]) + "."}]
+
+    return _shape_image_set(directory, f"captions_n{n}_seed{seed}_{size}px.json", f"images_seed{seed}_{size}px", n,
+                            seed, size, "caption", "caption", caption)
 
 
 # ------------------------------------------------------------------------------------------ stage 3: image QA
@@ -182,19 +193,8 @@ def _qa_pairs(spec: dict, size: int) -> list[tuple[str, str]]:
 
 def make_instruction_data(directory, n: int, seed: int = 0, size: int = 64) -> Path:
     """Image QA about colour, shape, content and position; about 40% of samples are multi-turn (2-3 turns)."""
-    _check_n(n)
-    directory = Path(directory)
-    out = directory / f"instruct_n{n}_seed{seed}_{size}px.json"
-    if out.exists():
-        return out
-    media = f"instruct_images_seed{seed}_{size}px"
-    (directory / media).mkdir(parents=True, exist_ok=True)
-    records = []
-    for i in tqdm(range(n), desc="synthetic instructions", unit="img"):
-        rng = _rng(seed, i, "instruction")
-        spec = random_shape(rng, size)
-        rel = f"{media}/{i:06d}.png"
-        _save_png(directory / rel, render_shape_image(spec, size))
+
+    def qa(rng, spec):
         pairs = _qa_pairs(spec, size)
         turns = int(rng.choice([1, 2, 3], p=[0.6, 0.25, 0.15]))
         conv = []
@@ -202,10 +202,10 @@ def make_instruction_data(directory, n: int, seed: int = 0, size: int = 64) -> P
             q, a = pairs[j]
             conv.append({"from": "human", "value": f"{IMAGE_TOKEN}\n{q}" if k == 0 else q})
             conv.append({"from": "gpt", "value": a})
-        records.append({"id": f"instruct-{seed}-{i}", "image": rel,
-                        **{k: spec[k] for k in ("shape", "colour", "background")}, "conversations": conv})
-    _write_json(out, records)
-    return out
+        return conv
+
+    return _shape_image_set(directory, f"instruct_n{n}_seed{seed}_{size}px.json",
+                            f"instruct_images_seed{seed}_{size}px", n, seed, size, "instruction", "instruct", qa)
 
 
 # ------------------------------------------------------------------------------------- stage 4: passkey text

@@ -157,7 +157,8 @@ class TeacherForced:
     nll: float
 
 
-def teacher_forced(model, input_ids: torch.Tensor, labels: torch.Tensor, media=None, layout=None) -> list[TeacherForced]:
+def teacher_forced(model, input_ids: torch.Tensor, labels: torch.Tensor, media=None,
+                   layout=None) -> list[TeacherForced]:
     """One forward of ``model`` over (B, L) ``input_ids``; ``labels`` (unshifted) mark the answer tokens.
 
     Runs the model's own forward (media expansion, global shift, SP sharding, backbone) with ``loss_fn``
@@ -405,6 +406,23 @@ class OneLineParser(argparse.ArgumentParser):
         raise EvalError(message)
 
 
+@dataclass(kw_only=True)
+class EvalConfig:
+    """What every evaluation takes (the flags of :func:`common_parser`); each task's config adds its grid."""
+
+    output_dir: Path
+    model: str | None = None
+    depth_step: float = 10.0
+    seq_parallel_size: int = 1
+    seq_parallel_ring_size: int = 1
+    seq_parallel_ring_type: str = "zigzag_ring"
+    attn_backend: str = "auto"
+    dtype: str | None = None
+    seed: int = 0
+    title: str | None = None
+    disable_tqdm: bool = False
+
+
 def common_parser(prog: str, description: str) -> OneLineParser:
     """Flags every evaluation takes: model, output, depth grid, parallelism, dtype."""
     parser = OneLineParser(prog=prog, description=description, allow_abbrev=False)
@@ -441,6 +459,17 @@ def base_config(args, runtime: EvalRuntime) -> dict:
         "depth_step": args.depth_step,
         "seed": args.seed,
     }
+
+
+def publish(spec: GridSpec, cells: list[dict], config: dict, cfg: EvalConfig, runtime: EvalRuntime,
+            label: str) -> dict:
+    """Summarise the cells; rank 0 writes the JSON and the heatmap and logs the mean accuracy."""
+    results = summarize(spec, cells, config)
+    if runtime.is_main:
+        json_path, png_path = write_results(results, cfg.output_dir, cfg.title)
+        logger.info("%s mean accuracy %.1f%% over %d samples; wrote %s and %s", label,
+                    100 * results["mean_accuracy"], results["num_samples"], json_path, png_path)
+    return results
 
 
 def cli_main(prog: str, run: Callable[[Sequence[str]], Any], argv: Sequence[str] | None = None) -> None:

@@ -21,13 +21,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from longvila.constants import IGNORE_INDEX
 from longvila.eval.grid import (
+    EvalConfig,
     EvalError,
     EvalRuntime,
     GridSpec,
@@ -37,13 +37,12 @@ from longvila.eval.grid import (
     common_parser,
     depth_values,
     insert_needle,
+    publish,
     run_grid,
     runtime_from_args,
     score,
-    summarize,
     teacher_forced,
     value_range,
-    write_results,
 )
 
 logger = logging.getLogger("longvila.eval")
@@ -80,23 +79,14 @@ def passkey_sample(tokenizer, length: int, depth: float, key: int, rng: np.rando
     return ids, labels, {"filler_sentences": len(filler), "key_sentence": index}
 
 
-@dataclass
-class PasskeyConfig:
-    output_dir: Path
-    model: str | None = None
+@dataclass(kw_only=True)
+class PasskeyConfig(EvalConfig):
+    """Passkey retrieval: the context-length axis of the grid and how many keys per cell."""
+
     min_length: int = 256
     max_length: int = 4096
     length_step: int = 256
-    depth_step: float = 10.0
     num_keys: int = 1
-    seq_parallel_size: int = 1
-    seq_parallel_ring_size: int = 1
-    seq_parallel_ring_type: str = "zigzag_ring"
-    attn_backend: str = "auto"
-    dtype: str | None = None
-    seed: int = 0
-    title: str | None = None
-    disable_tqdm: bool = False
 
 
 def validate(cfg: PasskeyConfig) -> tuple[list[int], list[float]]:
@@ -141,12 +131,7 @@ def run_passkey(cfg: PasskeyConfig, runtime: EvalRuntime | None = None) -> dict:
         "insertion_rule": "key sentence inserted before filler sentence floor(depth * n / 100)",
         "scoring": "one teacher-forced forward; argmax at the key's positions == key, whitespace-insensitive",
     }
-    results = summarize(spec, cells, config)
-    if runtime.is_main:
-        json_path, png_path = write_results(results, cfg.output_dir, cfg.title)
-        logger.info("passkey mean accuracy %.1f%% over %d samples; wrote %s and %s",
-                    100 * results["mean_accuracy"], results["num_samples"], json_path, png_path)
-    return results
+    return publish(spec, cells, config, cfg, runtime, "passkey")
 
 
 def parse_args(argv: Sequence[str]) -> PasskeyConfig:

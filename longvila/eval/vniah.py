@@ -52,6 +52,7 @@ from PIL import Image
 
 from longvila.constants import DEFAULT_SYSTEM, IGNORE_INDEX, VIDEO_TOKEN
 from longvila.eval.grid import (
+    EvalConfig,
     EvalError,
     EvalRuntime,
     GridSpec,
@@ -61,14 +62,13 @@ from longvila.eval.grid import (
     common_parser,
     depth_values,
     insert_needle,
+    publish,
     run_grid,
     runtime_from_args,
     score,
-    summarize,
     swapped,
     teacher_forced,
     value_range,
-    write_results,
 )
 
 logger = logging.getLogger("longvila.eval")
@@ -298,26 +298,17 @@ def needle_prompt(tokenizer, question: str, answer: str, system: str | None = DE
 
 
 # -------------------------------------------------------------------------------------------------- the run
-@dataclass
-class VNIAHConfig:
-    output_dir: Path
-    model: str | None = None
+@dataclass(kw_only=True)
+class VNIAHConfig(EvalConfig):
+    """V-NIAH: the haystack, the needles and the frames axis of the grid."""
+
     haystack: str | None = None
     fps: float = 1.0
     needles: str = "synthetic"
     min_frames: int = 8
     max_frames: int = 128
     frames_step: int = 8
-    depth_step: float = 10.0
     encode_batch_size: int = 32
-    seq_parallel_size: int = 1
-    seq_parallel_ring_size: int = 1
-    seq_parallel_ring_type: str = "zigzag_ring"
-    attn_backend: str = "auto"
-    dtype: str | None = None
-    seed: int = 0
-    title: str | None = None
-    disable_tqdm: bool = False
 
 
 def validate(cfg: VNIAHConfig) -> tuple[list[int], list[float]]:
@@ -390,12 +381,7 @@ def run_vniah(cfg: VNIAHConfig, runtime: EvalRuntime | None = None) -> dict:
         "insertion_rule": "needle inserted before haystack frame floor(depth * frames / 100); frames + 1 in all",
         "scoring": "one teacher-forced forward; argmax at the answer positions == answer, case/space-insensitive",
     }
-    results = summarize(spec, cells, config)
-    if runtime.is_main:
-        json_path, png_path = write_results(results, cfg.output_dir, cfg.title)
-        logger.info("V-NIAH mean accuracy %.1f%% over %d samples; wrote %s and %s",
-                    100 * results["mean_accuracy"], results["num_samples"], json_path, png_path)
-    return results
+    return publish(spec, cells, config, cfg, runtime, "V-NIAH")
 
 
 def parse_args(argv: Sequence[str]) -> VNIAHConfig:

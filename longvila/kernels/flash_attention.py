@@ -88,6 +88,25 @@ def _visibility(sq, sk, causal, q_seg, k_seg, device):
 # which packed documents, zigzag shards and padding-as-an-extra-document all are; the whole row otherwise). Each
 # program narrows its loop bounds to the union of its rows' spans and applies the exact id mask elementwise.
 # --------------------------------------------------------------------------------------------------------------
+def _load_tile(ptrs, offs_rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+               ROW_MASK: tl.constexpr, UPCAST: tl.constexpr):
+    """Load a (rows, BLOCK_D) tile of q/k/v/do. Rows at or past ``n_rows`` (only checked when ROW_MASK) and the
+    padded head dims past HEAD_DIM read as 0; no mask at all on full interior tiles, so those loads vectorise."""
+    if ROW_MASK:
+        if BLOCK_D == HEAD_DIM:
+            x = tl.load(ptrs, mask=(offs_rows < n_rows)[:, None], other=0.0)
+        else:
+            x = tl.load(ptrs, mask=(offs_rows < n_rows)[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    else:
+        if BLOCK_D == HEAD_DIM:
+            x = tl.load(ptrs)
+        else:
+            x = tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
 def _fwd_inner(
     acc, l_i, m_i, q, offs_m, q_seg,
     k_base, v_base, kseg_base, stride_ks, stride_kd, stride_vs, stride_vd, stride_segk,
@@ -104,23 +123,8 @@ def _fwd_inner(
         rows = offs_n.to(tl.int64)
         k_ptrs = k_base + rows[:, None] * stride_ks + offs_d[None, :] * stride_kd
         v_ptrs = v_base + rows[:, None] * stride_vs + offs_d[None, :] * stride_vd
-        if MASKED:
-            if BLOCK_D == HEAD_DIM:
-                k = tl.load(k_ptrs, mask=(offs_n < Sk)[:, None], other=0.0)
-                v = tl.load(v_ptrs, mask=(offs_n < Sk)[:, None], other=0.0)
-            else:
-                k = tl.load(k_ptrs, mask=(offs_n < Sk)[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-                v = tl.load(v_ptrs, mask=(offs_n < Sk)[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-        else:
-            if BLOCK_D == HEAD_DIM:
-                k = tl.load(k_ptrs)
-                v = tl.load(v_ptrs)
-            else:
-                k = tl.load(k_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
-                v = tl.load(v_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
+        k = _load_tile(k_ptrs, offs_n, Sk, offs_d, HEAD_DIM, BLOCK_D, MASKED, UPCAST)
+        v = _load_tile(v_ptrs, offs_n, Sk, offs_d, HEAD_DIM, BLOCK_D, MASKED, UPCAST)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         if MASKED or HAS_SEG:
             if MASKED:
@@ -281,15 +285,8 @@ def _bwd_dkdv_inner(
         rows = offs_m.to(tl.int64)
         q_ptrs = q_base + rows[:, None] * stride_qs + offs_d[None, :] * stride_qd
         do_ptrs = do_base + rows[:, None] * stride_dos + offs_d[None, :] * stride_dod
-        if BLOCK_D == HEAD_DIM:
-            q = tl.load(q_ptrs, mask=m_ok[:, None], other=0.0)
-            do = tl.load(do_ptrs, mask=m_ok[:, None], other=0.0)
-        else:
-            q = tl.load(q_ptrs, mask=m_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-            do = tl.load(do_ptrs, mask=m_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-        if UPCAST:
-            q = q.to(tl.float32)
-            do = do.to(tl.float32)
+        q = _load_tile(q_ptrs, offs_m, Sq, offs_d, HEAD_DIM, BLOCK_D, True, UPCAST)
+        do = _load_tile(do_ptrs, offs_m, Sq, offs_d, HEAD_DIM, BLOCK_D, True, UPCAST)
         lse2 = tl.load(lse_base + offs_m, mask=m_ok, other=float("inf")) * 1.4426950408889634
         lse2 = tl.where(lse2 == float("-inf"), float("inf"), lse2)
         delta = tl.load(delta_base + offs_m, mask=m_ok, other=0.0)
@@ -416,23 +413,8 @@ def _bwd_dq_inner(
         rows = offs_n.to(tl.int64)
         k_ptrs = k_base + rows[:, None] * stride_ks + offs_d[None, :] * stride_kd
         v_ptrs = v_base + rows[:, None] * stride_vs + offs_d[None, :] * stride_vd
-        if MASKED:
-            if BLOCK_D == HEAD_DIM:
-                k = tl.load(k_ptrs, mask=(offs_n < Sk)[:, None], other=0.0)
-                v = tl.load(v_ptrs, mask=(offs_n < Sk)[:, None], other=0.0)
-            else:
-                k = tl.load(k_ptrs, mask=(offs_n < Sk)[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-                v = tl.load(v_ptrs, mask=(offs_n < Sk)[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-        else:
-            if BLOCK_D == HEAD_DIM:
-                k = tl.load(k_ptrs)
-                v = tl.load(v_ptrs)
-            else:
-                k = tl.load(k_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
-                v = tl.load(v_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
+        k = _load_tile(k_ptrs, offs_n, Sk, offs_d, HEAD_DIM, BLOCK_D, MASKED, UPCAST)
+        v = _load_tile(v_ptrs, offs_n, Sk, offs_d, HEAD_DIM, BLOCK_D, MASKED, UPCAST)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         if MASKED or HAS_SEG:
             if MASKED:
@@ -557,7 +539,7 @@ _INTERPRET_BLOCK = {"BLOCK_M": 16, "BLOCK_N": 16}
 
 _KERNELS = LazyKernels(
     globals(),
-    helpers=[_fwd_inner, _bwd_dkdv_inner, _bwd_dq_inner],
+    helpers=[_load_tile, _fwd_inner, _bwd_dkdv_inner, _bwd_dq_inner],
     kernels=[_attn_fwd_kernel, _bwd_preprocess_kernel, _attn_bwd_dkdv_kernel, _attn_bwd_dq_kernel],
     autotune={
         "_attn_fwd_kernel": (_gpu_configs(_FWD_CONFIGS), _TUNE_KEY),
