@@ -107,6 +107,39 @@ def _load_tile(ptrs, offs_rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D:
     return x
 
 
+def _key_block_scores(
+    q, offs_m, q_seg, k_base, v_base, kseg_base, stride_ks, stride_kd, stride_vs, stride_vd, stride_segk,
+    start_n, Sk, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_SEG: tl.constexpr, UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Load key block [start_n, start_n + BLOCK_N) and score the query block against it (query-major, as the
+    forward and the dq pass both need). Returns ``(qk, k, v)``; qk is in log2 units and -inf where a key is past
+    Sk, in the causal future (MASKED) or in another document (HAS_SEG)."""
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    rows = offs_n.to(tl.int64)
+    k = _load_tile(k_base + rows[:, None] * stride_ks + offs_d[None, :] * stride_kd, offs_n, Sk, offs_d,
+                   HEAD_DIM, BLOCK_D, MASKED, UPCAST)
+    v = _load_tile(v_base + rows[:, None] * stride_vs + offs_d[None, :] * stride_vd, offs_n, Sk, offs_d,
+                   HEAD_DIM, BLOCK_D, MASKED, UPCAST)
+    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    if MASKED or HAS_SEG:
+        if MASKED:
+            keep = (offs_n < Sk)[None, :]
+            if IS_CAUSAL:
+                keep = keep & (offs_n[None, :] <= offs_m[:, None])
+            if HAS_SEG:
+                k_seg = tl.load(kseg_base + rows * stride_segk, mask=offs_n < Sk, other=0)
+                keep = keep & (k_seg[None, :] == q_seg[:, None])
+        else:
+            k_seg = tl.load(kseg_base + rows * stride_segk)
+            keep = k_seg[None, :] == q_seg[:, None]
+        qk = tl.where(keep, qk, float("-inf"))
+    return qk, k, v
+
+
 def _fwd_inner(
     acc, l_i, m_i, q, offs_m, q_seg,
     k_base, v_base, kseg_base, stride_ks, stride_kd, stride_vs, stride_vd, stride_segk,
@@ -116,32 +149,16 @@ def _fwd_inner(
     DOT_PRECISION: tl.constexpr,
 ):
     """Online-softmax update over key blocks [lo, hi). MASKED adds the causal and key-bounds masks."""
-    offs_d = tl.arange(0, BLOCK_D)
-    arange_n = tl.arange(0, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + arange_n
-        rows = offs_n.to(tl.int64)
-        k_ptrs = k_base + rows[:, None] * stride_ks + offs_d[None, :] * stride_kd
-        v_ptrs = v_base + rows[:, None] * stride_vs + offs_d[None, :] * stride_vd
-        k = _load_tile(k_ptrs, offs_n, Sk, offs_d, HEAD_DIM, BLOCK_D, MASKED, UPCAST)
-        v = _load_tile(v_ptrs, offs_n, Sk, offs_d, HEAD_DIM, BLOCK_D, MASKED, UPCAST)
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        qk, k, v = _key_block_scores(
+            q, offs_m, q_seg, k_base, v_base, kseg_base, stride_ks, stride_kd, stride_vs, stride_vd, stride_segk,
+            start_n, Sk, qk_scale,
+            HEAD_DIM, BLOCK_D, BLOCK_N, MASKED, IS_CAUSAL, HAS_SEG, UPCAST, DOT_PRECISION,
+        )
+        m_new = tl.maximum(m_i, tl.reduce(qk, 1, tl.standard._elementwise_max))
         if MASKED or HAS_SEG:
-            if MASKED:
-                keep = (offs_n < Sk)[None, :]
-                if IS_CAUSAL:
-                    keep = keep & (offs_n[None, :] <= offs_m[:, None])
-                if HAS_SEG:
-                    k_seg = tl.load(kseg_base + rows * stride_segk, mask=offs_n < Sk, other=0)
-                    keep = keep & (k_seg[None, :] == q_seg[:, None])
-            else:
-                k_seg = tl.load(kseg_base + rows * stride_segk)
-                keep = k_seg[None, :] == q_seg[:, None]
-            qk = tl.where(keep, qk, float("-inf"))
-            m_new = tl.maximum(m_i, tl.reduce(qk, 1, tl.standard._elementwise_max))
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # fully masked so far: avoid -inf - -inf
         else:
-            m_new = tl.maximum(m_i, tl.reduce(qk, 1, tl.standard._elementwise_max))
             m_use = m_new
         p = tl.exp2(qk - m_use[:, None])
         alpha = tl.exp2(m_i - m_use)
@@ -406,28 +423,12 @@ def _bwd_dq_inner(
     DOT_PRECISION: tl.constexpr,
 ):
     """Accumulate dq of one query block over key blocks [lo, hi)."""
-    offs_d = tl.arange(0, BLOCK_D)
-    arange_n = tl.arange(0, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + arange_n
-        rows = offs_n.to(tl.int64)
-        k_ptrs = k_base + rows[:, None] * stride_ks + offs_d[None, :] * stride_kd
-        v_ptrs = v_base + rows[:, None] * stride_vs + offs_d[None, :] * stride_vd
-        k = _load_tile(k_ptrs, offs_n, Sk, offs_d, HEAD_DIM, BLOCK_D, MASKED, UPCAST)
-        v = _load_tile(v_ptrs, offs_n, Sk, offs_d, HEAD_DIM, BLOCK_D, MASKED, UPCAST)
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        if MASKED or HAS_SEG:
-            if MASKED:
-                keep = (offs_n < Sk)[None, :]
-                if IS_CAUSAL:
-                    keep = keep & (offs_n[None, :] <= offs_m[:, None])
-                if HAS_SEG:
-                    k_seg = tl.load(kseg_base + rows * stride_segk, mask=offs_n < Sk, other=0)
-                    keep = keep & (k_seg[None, :] == q_seg[:, None])
-            else:
-                k_seg = tl.load(kseg_base + rows * stride_segk)
-                keep = k_seg[None, :] == q_seg[:, None]
-            qk = tl.where(keep, qk, float("-inf"))
+        qk, k, v = _key_block_scores(
+            q, offs_m, q_seg, k_base, v_base, kseg_base, stride_ks, stride_kd, stride_vs, stride_vd, stride_segk,
+            start_n, Sk, qk_scale,
+            HEAD_DIM, BLOCK_D, BLOCK_N, MASKED, IS_CAUSAL, HAS_SEG, UPCAST, DOT_PRECISION,
+        )
         p = tl.exp2(qk - lse2[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
@@ -539,7 +540,7 @@ _INTERPRET_BLOCK = {"BLOCK_M": 16, "BLOCK_N": 16}
 
 _KERNELS = LazyKernels(
     globals(),
-    helpers=[_load_tile, _fwd_inner, _bwd_dkdv_inner, _bwd_dq_inner],
+    helpers=[_load_tile, _key_block_scores, _fwd_inner, _bwd_dkdv_inner, _bwd_dq_inner],
     kernels=[_attn_fwd_kernel, _bwd_preprocess_kernel, _attn_bwd_dkdv_kernel, _attn_bwd_dq_kernel],
     autotune={
         "_attn_fwd_kernel": (_gpu_configs(_FWD_CONFIGS), _TUNE_KEY),
