@@ -140,6 +140,40 @@ def _key_block_scores(
     return qk, k, v
 
 
+def _query_block_key_ranges(
+    start_m, offs_m, m_ok, rows, b, Sq, Sk, QSEG, KSEG, KR_LO, KR_HI, stride_qsegb, stride_qsegs, stride_ksegb,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_SEG: tl.constexpr,
+):
+    """Key ranges a query block visits, shared by the forward and the dq pass: ``[lo, end1)`` needs no mask (fully
+    in range and causally visible), ``[start2, hi)`` is the masked diagonal band / tail. With segments both are
+    narrowed to the union of the rows' document spans. Also returns the rows' segment ids and the key-segment
+    base pointer (dummies without segments)."""
+    sk_full = (Sk // BLOCK_N) * BLOCK_N
+    if IS_CAUSAL:
+        hi = tl.minimum(start_m + BLOCK_M, Sk)
+        full_hi = tl.minimum(((start_m + 1) // BLOCK_N) * BLOCK_N, sk_full)
+    else:
+        hi = Sk
+        full_hi = sk_full
+    lo = 0
+    end1 = full_hi
+    start2 = full_hi
+    q_seg = offs_m
+    kseg_base = KSEG
+    if HAS_SEG:
+        q_seg = tl.load(QSEG + b * stride_qsegb + rows * stride_qsegs, mask=m_ok, other=0)
+        kseg_base = KSEG + b * stride_ksegb
+        span_lo = tl.load(KR_LO + b * Sq + offs_m, mask=m_ok, other=2147483647)
+        span_hi = tl.load(KR_HI + b * Sq + offs_m, mask=m_ok, other=0)
+        k_lo = tl.reduce(span_lo, 0, tl.standard._elementwise_min)
+        k_hi = tl.reduce(span_hi, 0, tl.standard._elementwise_max)
+        lo = (k_lo // BLOCK_N) * BLOCK_N
+        end1 = tl.minimum(full_hi, ((k_hi + BLOCK_N - 1) // BLOCK_N) * BLOCK_N)
+        start2 = tl.maximum(full_hi, lo)
+        hi = tl.minimum(hi, k_hi)
+    return lo, end1, start2, hi, q_seg, kseg_base
+
+
 def _fwd_inner(
     acc, l_i, m_i, q, offs_m, q_seg,
     k_base, v_base, kseg_base, stride_ks, stride_kd, stride_vs, stride_vd, stride_segk,
@@ -202,29 +236,10 @@ def _attn_fwd_kernel(
 
     # Stage 1: key blocks fully in range and fully visible under the causal mask (no mask work).
     # Stage 2: the diagonal band and the tail block, with the causal and bounds masks.
-    sk_full = (Sk // BLOCK_N) * BLOCK_N
-    if IS_CAUSAL:
-        hi = tl.minimum(start_m + BLOCK_M, Sk)
-        full_hi = tl.minimum(((start_m + 1) // BLOCK_N) * BLOCK_N, sk_full)
-    else:
-        hi = Sk
-        full_hi = sk_full
-    lo = 0
-    end1 = full_hi
-    start2 = full_hi
-    q_seg = offs_m
-    kseg_base = KSEG
-    if HAS_SEG:
-        q_seg = tl.load(QSEG + b * stride_qsegb + rows * stride_qsegs, mask=m_ok, other=0)
-        kseg_base = KSEG + b * stride_ksegb
-        span_lo = tl.load(KR_LO + b * Sq + offs_m, mask=m_ok, other=2147483647)
-        span_hi = tl.load(KR_HI + b * Sq + offs_m, mask=m_ok, other=0)
-        k_lo = tl.reduce(span_lo, 0, tl.standard._elementwise_min)
-        k_hi = tl.reduce(span_hi, 0, tl.standard._elementwise_max)
-        lo = (k_lo // BLOCK_N) * BLOCK_N
-        end1 = tl.minimum(full_hi, ((k_hi + BLOCK_N - 1) // BLOCK_N) * BLOCK_N)
-        start2 = tl.maximum(full_hi, lo)
-        hi = tl.minimum(hi, k_hi)
+    lo, end1, start2, hi, q_seg, kseg_base = _query_block_key_ranges(
+        start_m, offs_m, m_ok, rows, b, Sq, Sk, QSEG, KSEG, KR_LO, KR_HI, stride_qsegb, stride_qsegs, stride_ksegb,
+        BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_SEG,
+    )
 
     k_base = K + b * stride_kb + hk * stride_kh
     v_base = V + b * stride_vb + hk * stride_vh
@@ -474,29 +489,10 @@ def _attn_bwd_dq_kernel(
     lse2 = tl.where(lse2 == float("-inf"), float("inf"), lse2)
     delta = tl.load(DELTA + pid_bh.to(tl.int64) * Sq + offs_m, mask=m_ok, other=0.0)
 
-    sk_full = (Sk // BLOCK_N) * BLOCK_N
-    if IS_CAUSAL:
-        hi = tl.minimum(start_m + BLOCK_M, Sk)
-        full_hi = tl.minimum(((start_m + 1) // BLOCK_N) * BLOCK_N, sk_full)
-    else:
-        hi = Sk
-        full_hi = sk_full
-    lo = 0
-    end1 = full_hi
-    start2 = full_hi
-    q_seg = offs_m
-    kseg_base = KSEG
-    if HAS_SEG:
-        q_seg = tl.load(QSEG + b * stride_qsegb + rows * stride_qsegs, mask=m_ok, other=0)
-        kseg_base = KSEG + b * stride_ksegb
-        span_lo = tl.load(KR_LO + b * Sq + offs_m, mask=m_ok, other=2147483647)
-        span_hi = tl.load(KR_HI + b * Sq + offs_m, mask=m_ok, other=0)
-        k_lo = tl.reduce(span_lo, 0, tl.standard._elementwise_min)
-        k_hi = tl.reduce(span_hi, 0, tl.standard._elementwise_max)
-        lo = (k_lo // BLOCK_N) * BLOCK_N
-        end1 = tl.minimum(full_hi, ((k_hi + BLOCK_N - 1) // BLOCK_N) * BLOCK_N)
-        start2 = tl.maximum(full_hi, lo)
-        hi = tl.minimum(hi, k_hi)
+    lo, end1, start2, hi, q_seg, kseg_base = _query_block_key_ranges(
+        start_m, offs_m, m_ok, rows, b, Sq, Sk, QSEG, KSEG, KR_LO, KR_HI, stride_qsegb, stride_qsegs, stride_ksegb,
+        BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_SEG,
+    )
 
     k_base = K + b * stride_kb + hk * stride_kh
     v_base = V + b * stride_vb + hk * stride_vh
@@ -540,7 +536,7 @@ _INTERPRET_BLOCK = {"BLOCK_M": 16, "BLOCK_N": 16}
 
 _KERNELS = LazyKernels(
     globals(),
-    helpers=[_load_tile, _key_block_scores, _fwd_inner, _bwd_dkdv_inner, _bwd_dq_inner],
+    helpers=[_load_tile, _key_block_scores, _query_block_key_ranges, _fwd_inner, _bwd_dkdv_inner, _bwd_dq_inner],
     kernels=[_attn_fwd_kernel, _bwd_preprocess_kernel, _attn_bwd_dkdv_kernel, _attn_bwd_dq_kernel],
     autotune={
         "_attn_fwd_kernel": (_gpu_configs(_FWD_CONFIGS), _TUNE_KEY),
