@@ -88,15 +88,22 @@ def _visibility(sq, sk, causal, q_seg, k_seg, device):
 # which packed documents, zigzag shards and padding-as-an-extra-document all are; the whole row otherwise). Each
 # program narrows its loop bounds to the union of its rows' spans and applies the exact id mask elementwise.
 # --------------------------------------------------------------------------------------------------------------
+def _tile_mask(offs_rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """In-bounds elements of a (rows, BLOCK_D) tile: rows below ``n_rows`` and, when the head dim is padded to a
+    power of two, columns below HEAD_DIM."""
+    if BLOCK_D == HEAD_DIM:
+        mask = (offs_rows < n_rows)[:, None]
+    else:
+        mask = (offs_rows < n_rows)[:, None] & (offs_d[None, :] < HEAD_DIM)
+    return mask
+
+
 def _load_tile(ptrs, offs_rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                ROW_MASK: tl.constexpr, UPCAST: tl.constexpr):
     """Load a (rows, BLOCK_D) tile of q/k/v/do. Rows at or past ``n_rows`` (only checked when ROW_MASK) and the
     padded head dims past HEAD_DIM read as 0; no mask at all on full interior tiles, so those loads vectorise."""
     if ROW_MASK:
-        if BLOCK_D == HEAD_DIM:
-            x = tl.load(ptrs, mask=(offs_rows < n_rows)[:, None], other=0.0)
-        else:
-            x = tl.load(ptrs, mask=(offs_rows < n_rows)[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+        x = tl.load(ptrs, mask=_tile_mask(offs_rows, n_rows, offs_d, HEAD_DIM, BLOCK_D), other=0.0)
     else:
         if BLOCK_D == HEAD_DIM:
             x = tl.load(ptrs)
@@ -226,13 +233,8 @@ def _attn_fwd_kernel(
     m_ok = offs_m < Sq
     rows = offs_m.to(tl.int64)
 
-    q_ptrs = Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qs + offs_d[None, :] * stride_qd
-    if BLOCK_D == HEAD_DIM:
-        q = tl.load(q_ptrs, mask=m_ok[:, None], other=0.0)
-    else:
-        q = tl.load(q_ptrs, mask=m_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
+    q = _load_tile(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qs + offs_d[None, :] * stride_qd,
+                   offs_m, Sq, offs_d, HEAD_DIM, BLOCK_D, True, UPCAST)
 
     # Stage 1: key blocks fully in range and fully visible under the causal mask (no mask work).
     # Stage 2: the diagonal band and the tail block, with the causal and bounds masks.
@@ -263,11 +265,8 @@ def _attn_fwd_kernel(
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
     lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
-    o_ptrs = O + b * stride_ob + h * stride_oh + rows[:, None] * stride_os + offs_d[None, :] * stride_od
-    if BLOCK_D == HEAD_DIM:
-        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=m_ok[:, None])
-    else:
-        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=m_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
+    tl.store(O + b * stride_ob + h * stride_oh + rows[:, None] * stride_os + offs_d[None, :] * stride_od,
+             out.to(O.dtype.element_ty), mask=_tile_mask(offs_m, Sq, offs_d, HEAD_DIM, BLOCK_D))
     tl.store(LSE + pid_bh.to(tl.int64) * Sq + offs_m, lse, mask=m_ok)
 
 
@@ -363,17 +362,10 @@ def _attn_bwd_dkdv_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     n_ok = offs_n < Sk
     rows = offs_n.to(tl.int64)
-    if BLOCK_D == HEAD_DIM:
-        kv_mask = n_ok[:, None]
-    else:
-        kv_mask = n_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
-    k = tl.load(K + b * stride_kb + hk * stride_kh + rows[:, None] * stride_ks + offs_d[None, :] * stride_kd,
-                mask=kv_mask, other=0.0)
-    v = tl.load(V + b * stride_vb + hk * stride_vh + rows[:, None] * stride_vs + offs_d[None, :] * stride_vd,
-                mask=kv_mask, other=0.0)
-    if UPCAST:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
+    k = _load_tile(K + b * stride_kb + hk * stride_kh + rows[:, None] * stride_ks + offs_d[None, :] * stride_kd,
+                   offs_n, Sk, offs_d, HEAD_DIM, BLOCK_D, True, UPCAST)
+    v = _load_tile(V + b * stride_vb + hk * stride_vh + rows[:, None] * stride_vs + offs_d[None, :] * stride_vd,
+                   offs_n, Sk, offs_d, HEAD_DIM, BLOCK_D, True, UPCAST)
 
     # Query blocks: causal -> the diagonal band [lo, m_full) is masked, [m_full, Sq) is fully visible.
     if IS_CAUSAL:
@@ -424,9 +416,9 @@ def _attn_bwd_dkdv_kernel(
         )
     dk = dk * sm_scale
     tl.store(DK + b * stride_dkb + hk * stride_dkh + rows[:, None] * stride_dks + offs_d[None, :] * stride_dkd,
-             dk.to(DK.dtype.element_ty), mask=kv_mask)
+             dk.to(DK.dtype.element_ty), mask=_tile_mask(offs_n, Sk, offs_d, HEAD_DIM, BLOCK_D))
     tl.store(DV + b * stride_dvb + hk * stride_dvh + rows[:, None] * stride_dvs + offs_d[None, :] * stride_dvd,
-             dv.to(DV.dtype.element_ty), mask=kv_mask)
+             dv.to(DV.dtype.element_ty), mask=_tile_mask(offs_n, Sk, offs_d, HEAD_DIM, BLOCK_D))
 
 
 def _bwd_dq_inner(
@@ -474,17 +466,10 @@ def _attn_bwd_dq_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < Sq
     rows = offs_m.to(tl.int64)
-    if BLOCK_D == HEAD_DIM:
-        q_mask = m_ok[:, None]
-    else:
-        q_mask = m_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
-    q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qs + offs_d[None, :] * stride_qd,
-                mask=q_mask, other=0.0)
-    do = tl.load(DO + b * stride_dob + h * stride_doh + rows[:, None] * stride_dos + offs_d[None, :] * stride_dod,
-                 mask=q_mask, other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
-        do = do.to(tl.float32)
+    q = _load_tile(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qs + offs_d[None, :] * stride_qd,
+                   offs_m, Sq, offs_d, HEAD_DIM, BLOCK_D, True, UPCAST)
+    do = _load_tile(DO + b * stride_dob + h * stride_doh + rows[:, None] * stride_dos + offs_d[None, :] * stride_dod,
+                    offs_m, Sq, offs_d, HEAD_DIM, BLOCK_D, True, UPCAST)
     lse2 = tl.load(LSE + pid_bh.to(tl.int64) * Sq + offs_m, mask=m_ok, other=float("inf")) * 1.4426950408889634
     lse2 = tl.where(lse2 == float("-inf"), float("inf"), lse2)
     delta = tl.load(DELTA + pid_bh.to(tl.int64) * Sq + offs_m, mask=m_ok, other=0.0)
@@ -511,7 +496,7 @@ def _attn_bwd_dq_kernel(
     )
     dq = dq * sm_scale
     tl.store(DQ + b * stride_dqb + h * stride_dqh + rows[:, None] * stride_dqs + offs_d[None, :] * stride_dqd,
-             dq.to(DQ.dtype.element_ty), mask=q_mask)
+             dq.to(DQ.dtype.element_ty), mask=_tile_mask(offs_m, Sq, offs_d, HEAD_DIM, BLOCK_D))
 
 
 def _gpu_configs(pairs):
@@ -536,7 +521,8 @@ _INTERPRET_BLOCK = {"BLOCK_M": 16, "BLOCK_N": 16}
 
 _KERNELS = LazyKernels(
     globals(),
-    helpers=[_load_tile, _key_block_scores, _query_block_key_ranges, _fwd_inner, _bwd_dkdv_inner, _bwd_dq_inner],
+    helpers=[_tile_mask, _load_tile, _key_block_scores, _query_block_key_ranges, _fwd_inner, _bwd_dkdv_inner,
+             _bwd_dq_inner],
     kernels=[_attn_fwd_kernel, _bwd_preprocess_kernel, _attn_bwd_dkdv_kernel, _attn_bwd_dq_kernel],
     autotune={
         "_attn_fwd_kernel": (_gpu_configs(_FWD_CONFIGS), _TUNE_KEY),
