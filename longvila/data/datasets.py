@@ -13,7 +13,8 @@ Failure policy (nothing is silent):
 - an empty file or a file with no usable record: ValueError;
 - a missing or corrupt media file: ``__getitem__`` returns None and logs a warning once per index (the
   collator drops it and counts it in ``num_skipped``);
-- a sample longer than ``model_max_length`` text tokens is truncated (warning once per index); see ``_truncate``.
+- a sample whose expanded sequence exceeds ``model_max_length`` is truncated (warning once per index); see
+  ``_truncate``.
 """
 
 from __future__ import annotations
@@ -89,21 +90,26 @@ class ConversationDataset(Dataset):
         image_processor: HF image processor (SigLIP); called on a list of frames, returns ``pixel_values``.
         media_root: directory relative media paths are resolved against (default: the file's directory).
         num_video_frames: frames sampled uniformly per video; ``fps`` caps them (see ``load_video``).
-        model_max_length: limit on TEXT tokens, counting each placeholder as one token. The model later expands
-            placeholders into visual tokens; this class does not know how many, so the engine must budget for
-            them (or pass a limit that leaves room).
+        model_max_length: limit on the sequence the LLM sees. With ``tokens_per_frame`` (the model's visual tokens
+            per image or frame) each placeholder is budgeted at its expanded size: an ``<image>`` as T tokens, a
+            ``<video>`` as ``num_video_frames`` x (T + 1) (every frame is followed by a newline embedding; the
+            fps cap can only make it fewer). Without it, a placeholder counts as one token, i.e. the limit is on
+            text tokens only.
+        tokens_per_frame: visual tokens per image/frame after the projector (``LlavaVLM.tokens_per_frame``).
         system: system prompt of the chat template (None omits it).
     """
 
     def __init__(self, path, tokenizer, image_processor, media_root=None, num_video_frames: int = 8,
                  fps: float | None = None, model_max_length: int | None = None,
-                 system: str | None = DEFAULT_SYSTEM):
+                 system: str | None = DEFAULT_SYSTEM, tokens_per_frame: int | None = None):
         if not isinstance(num_video_frames, int) or num_video_frames < 1:
             raise ValueError(f"num_video_frames must be a positive int, got {num_video_frames!r}")
         if fps is not None and not fps > 0:
             raise ValueError(f"fps must be > 0 or None, got {fps!r}")
         if model_max_length is not None and (not isinstance(model_max_length, int) or model_max_length < 1):
             raise ValueError(f"model_max_length must be a positive int or None, got {model_max_length!r}")
+        if tokens_per_frame is not None and (not isinstance(tokens_per_frame, int) or tokens_per_frame < 1):
+            raise ValueError(f"tokens_per_frame must be a positive int or None, got {tokens_per_frame!r}")
         self.path = os.fspath(path)
         self.tokenizer = tokenizer
         self.image_processor = image_processor
@@ -114,6 +120,10 @@ class ConversationDataset(Dataset):
         self.system = system
         self.image_token_id = special_token_id(tokenizer, IMAGE_TOKEN)
         self.video_token_id = special_token_id(tokenizer, VIDEO_TOKEN)
+        self.placeholder_cost = {  # sequence positions each placeholder becomes once the model expands it
+            self.image_token_id: tokens_per_frame or 1,
+            self.video_token_id: num_video_frames * (tokens_per_frame + 1) if tokens_per_frame else 1,
+        }
         self.records, self.num_malformed = read_records(self.path, validate_record)
         self._warned: set[int] = set()
 
@@ -129,23 +139,34 @@ class ConversationDataset(Dataset):
         return rel if os.path.isabs(rel) else os.path.join(self.media_root, rel)
 
     def _truncate(self, index: int, ids: list[int], labels: list[int]):
-        """Cut the text to ``model_max_length`` tokens.
+        """Cut the sample so its expanded sequence fits ``model_max_length``.
 
-        A placeholder is a single token here, so the cut can never split a media expansion: a placeholder is
-        either kept whole (its medium is loaded) or dropped with its medium. A sample left with no supervised
-        token teaches nothing and is skipped (None) with a warning.
+        The cut falls between tokens, so a media expansion is never split: a placeholder is either kept whole
+        (its medium is loaded) or dropped with its medium and everything after it. A sample left with no
+        supervised token teaches nothing and is skipped (None) with a warning.
         """
         limit = self.model_max_length
-        if limit is None or len(ids) <= limit:
+        if limit is None:
             return ids, labels
-        if not any(lab != IGNORE_INDEX for lab in labels[:limit]):
-            self._warn_once(index, "skipping sample %d (%s) of %s: %d tokens > model_max_length=%d and no "
-                            "supervised token survives truncation", index, self.records[index]["id"], self.path,
-                            len(ids), limit)
+        cost = self.placeholder_cost
+        used, keep = 0, 0
+        for tid in ids:
+            if used + cost.get(tid, 1) > limit:
+                break
+            used += cost.get(tid, 1)
+            keep += 1
+        if keep == len(ids):
+            return ids, labels
+        total = sum(cost.get(tid, 1) for tid in ids)
+        if not any(lab != IGNORE_INDEX for lab in labels[:keep]):
+            self._warn_once(index, "skipping sample %d (%s) of %s: %d sequence positions (media expanded) > "
+                            "model_max_length=%d and no supervised token survives truncation", index,
+                            self.records[index]["id"], self.path, total, limit)
             return None, None
-        self._warn_once(index, "truncating sample %d (%s) of %s from %d to model_max_length=%d tokens",
-                        index, self.records[index]["id"], self.path, len(ids), limit)
-        return ids[:limit], labels[:limit]
+        self._warn_once(index, "truncating sample %d (%s) of %s from %d to %d sequence positions (media "
+                        "expanded; model_max_length=%d)", index, self.records[index]["id"], self.path, total, used,
+                        limit)
+        return ids[:keep], labels[:keep]
 
     def _pixels(self, frames) -> torch.Tensor:
         out = self.image_processor(images=frames, return_tensors="pt")["pixel_values"]

@@ -53,7 +53,7 @@ def _setup_logging(rank: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _build_dataset(spec: StageSpec, args: StageArguments, tokenizer, image_processor, env):
+def _build_dataset(spec: StageSpec, args: StageArguments, tokenizer, image_processor, env, tokens_per_frame: int):
     from longvila.data.synthetic import ensure_synthetic_data
 
     data_path = args.data.data_path
@@ -75,7 +75,7 @@ def _build_dataset(spec: StageSpec, args: StageArguments, tokenizer, image_proce
         return ConversationDataset(
             data_path, tokenizer, image_processor, media_root=args.data.media_root,
             num_video_frames=args.data.num_video_frames, fps=args.data.fps,
-            model_max_length=args.data.model_max_length,
+            model_max_length=args.data.model_max_length, tokens_per_frame=tokens_per_frame,
         )
     except ValueError as error:  # empty file, every record malformed, ...: one line for the user
         raise DataError(str(error)) from error
@@ -194,7 +194,7 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
 
     layout = _install_parallelism(model, args, env)
 
-    dataset = _build_dataset(spec, args, tokenizer, image_processor, env)
+    dataset = _build_dataset(spec, args, tokenizer, image_processor, env, model.tokens_per_frame)
     stream = MicroBatchStream(
         dataset, lambda samples: collate(samples, tokenizer.pad_token_id), args.train.per_device_train_batch_size,
         dp_rank=layout.rank, dp_size=layout.size, seed=args.train.seed, name=str(args.data.data_path or spec.name),

@@ -161,7 +161,48 @@ def test_overlong_samples_are_truncated_with_warning(media_dir, tokenizer, image
     assert torch.equal(full["input_ids"][:60], s["input_ids"])
 
 
-@pytest.mark.parametrize("kwargs", [{"num_video_frames": 0}, {"fps": -1.0}, {"model_max_length": 0}])
+def test_length_budget_counts_expanded_media(media_dir, tokenizer, image_processor, caplog):
+    """With tokens_per_frame the limit applies to the sequence the LLM sees: an <image> costs T positions and a
+    <video> num_video_frames x (T + 1). A video that does not fit is dropped with everything after it."""
+    answer = "It gets brighter. " * 3
+    path = write_jsonl(media_dir / "d.jsonl", [
+        {"id": "vid", "video": "clip.mp4", "conversations": qa("Look: <video>", answer)},
+        {"id": "img-then-vid", "image": "red.png", "video": "clip.mp4",
+         "conversations": qa("<image> is red.", "Yes.") + qa("And <video>?", answer)},
+    ])
+    text_only = ConversationDataset(path, tokenizer, image_processor, num_video_frames=6)
+    n_text = [len(text_only[i]["input_ids"]) for i in range(2)]
+    t = 4  # the tiny model's tokens per frame
+    video_cost, image_cost = 6 * (t + 1), t
+    expanded = [n_text[0] - 1 + video_cost, n_text[1] - 2 + video_cost + image_cost]
+
+    fits = ConversationDataset(path, tokenizer, image_processor, num_video_frames=6, tokens_per_frame=t,
+                               model_max_length=expanded[0])
+    assert torch.equal(fits[0]["input_ids"], text_only[0]["input_ids"]) and len(fits[0]["media"]) == 1
+
+    tight = ConversationDataset(path, tokenizer, image_processor, num_video_frames=6, tokens_per_frame=t,
+                                model_max_length=expanded[0] - 1)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        cut = tight[0]
+    assert cut is not None and len(cut["input_ids"]) == n_text[0] - 1 and len(cut["media"]) == 1
+    assert "sequence positions" in caplog.text
+
+    # the second sample's video no longer fits: it and the second turn go, the first (image) turn stays
+    video_id = tokenizer.convert_tokens_to_ids("<video>")
+    at = text_only[1]["input_ids"].tolist().index(video_id)
+    cost_before_video = at - 1 + image_cost
+    before_video = ConversationDataset(path, tokenizer, image_processor, num_video_frames=6, tokens_per_frame=t,
+                                       model_max_length=cost_before_video + video_cost - 1)[1]
+    assert before_video["input_ids"].tolist() == text_only[1]["input_ids"][:at].tolist()
+    assert len(before_video["media"]) == 1 and before_video["media"][0].shape[0] == 1  # the image only
+    assert (before_video["labels"] != IGNORE_INDEX).any()  # the first answer survives
+    # the video does not fit at all and nothing is supervised before it: skipped
+    assert ConversationDataset(path, tokenizer, image_processor, num_video_frames=6, tokens_per_frame=t,
+                               model_max_length=video_cost - 1)[0] is None
+
+
+@pytest.mark.parametrize("kwargs", [{"num_video_frames": 0}, {"fps": -1.0}, {"model_max_length": 0},
+                                    {"tokens_per_frame": 0}])
 def test_bad_arguments(media_dir, tokenizer, image_processor, kwargs):
     path = write_jsonl(media_dir / "d.jsonl", [{"id": 0, "conversations": qa("a", "b")}])
     with pytest.raises(ValueError):
