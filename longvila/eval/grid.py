@@ -11,7 +11,7 @@ Grid
     the sample has ``n + 1`` units and the needle is unit ``floor(d * n / 100)`` of them: depth 0 puts it first,
     depth 100 last.
 
-Scoring (the PPL-based protocol of LongVA's V-NIAH)
+Scoring, ``--scoring teacher_forced`` (default; the PPL-based protocol of LongVA's V-NIAH)
     ONE teacher-forced forward over prompt + answer. The argmax of the logits that predict the answer tokens is
     decoded and compared with the answer after dropping all whitespace and lower-casing (:func:`is_correct`).
     The forward is the model's own training forward (``build_sequence`` -> global label shift ->
@@ -19,6 +19,13 @@ Scoring (the PPL-based protocol of LongVA's V-NIAH)
     takes the argmax at the supervised positions instead of a loss. Under sequence parallelism every rank holds
     its zigzag shard, so the per-position argmax (and NLL) are gathered with
     :func:`longvila.distributed.sharding.gather_sequence` back into global order.
+
+Scoring, ``--scoring generate``
+    Greedy decoding of up to ``--max_new_tokens`` tokens after the prompt (:func:`greedy_generate`), one full
+    forward per token through the same path (so it runs under SP too; no KV cache, which is fine for short
+    answers). It stops at the tokenizer's EOS or ``<|im_end|>``. The sample is correct when the normalised answer
+    occurs in the normalised generation ("The shape is red." answers "Red."), the usual rule for free-form V-NIAH
+    answers.
 
 Parallelism
     :func:`load_runtime` initialises the process group (one process, or torchrun) and calls
@@ -191,6 +198,67 @@ def score(tokenizer, result: TeacherForced, answer: str) -> dict:
         "answer_tokens": len(result.target_ids),
         "answer_nll": round(result.nll, 6),
     }
+
+
+SCORING_MODES = ("teacher_forced", "generate")
+
+
+def greedy_generate(model, prompt_ids: torch.Tensor, stop_ids: set[int], max_new_tokens: int, media=None,
+                    layout=None) -> list[int]:
+    """Greedy continuation of the 1-D ``prompt_ids``, without the stop token.
+
+    Each step appends a placeholder token whose (dummy) label marks the one position to predict, and reads the
+    argmax there through :func:`teacher_forced`: the model's own forward, so media caching and SP sharding apply.
+    Causal attention means the placeholder itself never influences the prediction.
+    """
+    generated: list[int] = []
+    prompt = prompt_ids.tolist()
+    for _ in range(max_new_tokens):
+        ids = torch.tensor([prompt + generated + [0]])
+        labels = torch.full_like(ids, IGNORE_INDEX)
+        labels[0, -1] = 0
+        (step,) = teacher_forced(model, ids, labels, media=media, layout=layout)
+        token = step.predicted_ids[0]
+        if token in stop_ids:
+            break
+        generated.append(token)
+    return generated
+
+
+def stop_token_ids(tokenizer) -> set[int]:
+    """Tokens that end a generated answer: EOS and the chat template's end of turn."""
+    from longvila.constants import IM_END
+
+    ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)}
+    return {i for i in ids if i is not None and i != tokenizer.unk_token_id}
+
+
+def score_sample(runtime: "EvalRuntime", ids: torch.Tensor, labels: torch.Tensor, answer: str, scoring: str,
+                 max_new_tokens: int, media=None) -> dict:
+    """Score one sample: ``ids``/``labels`` hold prompt + answer with labels on the answer only.
+
+    ``teacher_forced``: one forward, the argmax at the answer positions must spell the answer (:func:`score`).
+    ``generate``: greedy decoding from the prompt; the answer must occur in the generation.
+    """
+    if scoring == "teacher_forced":
+        result = teacher_forced(runtime.model, ids[None], labels[None], media=media, layout=runtime.layout)[0]
+        return score(runtime.tokenizer, result, answer)
+    prompt_len = int((labels != IGNORE_INDEX).nonzero()[0])  # the answer follows the prompt
+    generated = greedy_generate(runtime.model, ids[:prompt_len], stop_token_ids(runtime.tokenizer),
+                                max_new_tokens, media=media, layout=runtime.layout)
+    prediction = runtime.tokenizer.decode(generated, skip_special_tokens=True)
+    return {
+        "answer": answer,
+        "prediction": prediction,
+        "correct": normalize_answer(answer) in normalize_answer(prediction),
+        "generated_tokens": len(generated),
+    }
+
+
+SCORING_RULES = {
+    "teacher_forced": "one teacher-forced forward; argmax at the answer positions == answer, case/space-insensitive",
+    "generate": "greedy generation (stops at EOS/<|im_end|>); answer occurs in it, case/space-insensitive",
+}
 
 
 # ---------------------------------------------------------------------------------------------- runtime
@@ -421,6 +489,15 @@ class EvalConfig:
     seed: int = 0
     title: str | None = None
     disable_tqdm: bool = False
+    scoring: str = "teacher_forced"
+    max_new_tokens: int = 16
+
+
+def check_scoring(cfg: EvalConfig) -> None:
+    if cfg.scoring not in SCORING_MODES:
+        raise EvalError(f"--scoring must be one of {', '.join(SCORING_MODES)}, got {cfg.scoring!r}")
+    if cfg.max_new_tokens < 1:
+        raise EvalError(f"--max_new_tokens must be >= 1, got {cfg.max_new_tokens}")
 
 
 def common_parser(prog: str, description: str) -> OneLineParser:
@@ -439,6 +516,9 @@ def common_parser(prog: str, description: str) -> OneLineParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--title", default=None, help="Heatmap title (default: task and model).")
     parser.add_argument("--disable_tqdm", action="store_true")
+    parser.add_argument("--scoring", default="teacher_forced", choices=SCORING_MODES,
+                        help="teacher_forced (one forward, argmax == answer) | generate (greedy, answer in output).")
+    parser.add_argument("--max_new_tokens", type=int, default=16, help="Generation length cap (--scoring generate).")
     return parser
 
 
@@ -458,6 +538,9 @@ def base_config(args, runtime: EvalRuntime) -> dict:
         "data_parallel_size": runtime.dp_size,
         "depth_step": args.depth_step,
         "seed": args.seed,
+        "scoring": args.scoring,
+        "scoring_rule": SCORING_RULES[args.scoring],
+        **({"max_new_tokens": args.max_new_tokens} if args.scoring == "generate" else {}),
     }
 
 

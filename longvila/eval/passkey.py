@@ -33,6 +33,7 @@ from longvila.eval.grid import (
     GridSpec,
     base_config,
     check_model_dir,
+    check_scoring,
     cli_main,
     common_parser,
     depth_values,
@@ -40,8 +41,7 @@ from longvila.eval.grid import (
     publish,
     run_grid,
     runtime_from_args,
-    score,
-    teacher_forced,
+    score_sample,
     value_range,
 )
 
@@ -90,6 +90,7 @@ class PasskeyConfig(EvalConfig):
 
 
 def validate(cfg: PasskeyConfig) -> tuple[list[int], list[float]]:
+    check_scoring(cfg)
     lengths = value_range(cfg.min_length, cfg.max_length, cfg.length_step, "length")
     if cfg.model is not None:
         check_model_dir(cfg.model)
@@ -117,8 +118,8 @@ def run_passkey(cfg: PasskeyConfig, runtime: EvalRuntime | None = None) -> dict:
             rng = np.random.default_rng([cfg.seed, length, int(round(depth * 1000)), j])
             key = int(rng.integers(10000, 100000))
             ids, labels, info = passkey_sample(tokenizer, length, depth, key, rng)
-            result = teacher_forced(runtime.model, ids[None], labels[None], layout=runtime.layout)[0]
-            samples.append({"key": key, "seq_len": len(ids), **info, **score(tokenizer, result, str(key))})
+            scored = score_sample(runtime, ids, labels, str(key), cfg.scoring, cfg.max_new_tokens)
+            samples.append({"key": key, "seq_len": len(ids), **info, **scored})
         return samples
 
     spec = GridSpec("passkey", "context_tokens", "Context length (tokens)", tuple(lengths), tuple(depths))
@@ -129,7 +130,6 @@ def run_passkey(cfg: PasskeyConfig, runtime: EvalRuntime | None = None) -> dict:
         "num_keys": cfg.num_keys,
         "max_position_embeddings": window,
         "insertion_rule": "key sentence inserted before filler sentence floor(depth * n / 100)",
-        "scoring": "one teacher-forced forward; argmax at the key's positions == key, whitespace-insensitive",
     }
     return publish(spec, cells, config, cfg, runtime, "passkey")
 

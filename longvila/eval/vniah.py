@@ -24,7 +24,8 @@ Grid and scoring (see :mod:`longvila.eval.grid`)
     Frames N in ``range(min_frames, max_frames + 1, frames_step)`` x depth d in percent. The needle frame goes
     before haystack frame ``floor(d * N / 100)``, so the model sees N + 1 frames and the needle is frame
     ``floor(d * N / 100)`` of them. One teacher-forced forward per (cell, needle); the argmax at the answer
-    positions must decode to the answer (case and whitespace ignored).
+    positions must decode to the answer (case and whitespace ignored). ``--scoring generate``: greedy decoding
+    instead, correct when the answer occurs in the output.
 
 Feature cache
     Haystack frames go through the vision tower + projector ONCE (``model.frame_encoder``, which under SP is the
@@ -58,6 +59,7 @@ from longvila.eval.grid import (
     GridSpec,
     base_config,
     check_model_dir,
+    check_scoring,
     cli_main,
     common_parser,
     depth_values,
@@ -65,9 +67,8 @@ from longvila.eval.grid import (
     publish,
     run_grid,
     runtime_from_args,
-    score,
+    score_sample,
     swapped,
-    teacher_forced,
     value_range,
 )
 
@@ -313,6 +314,7 @@ class VNIAHConfig(EvalConfig):
 
 def validate(cfg: VNIAHConfig) -> tuple[list[int], list[float]]:
     """Every check that needs no model: one-line EvalErrors."""
+    check_scoring(cfg)
     frames = value_range(cfg.min_frames, cfg.max_frames, cfg.frames_step, "frames")
     depths = depth_values(cfg.depth_step)
     if cfg.model is not None:
@@ -358,11 +360,10 @@ def run_vniah(cfg: VNIAHConfig, runtime: EvalRuntime | None = None) -> dict:
             features, index = insert_needle(haystack.features[:num_frames], needle_features[k:k + 1], depth)
             ids, labels = prompts[k]
             with cached_frame_features(model, features):
-                result = teacher_forced(model, ids[None], labels[None], media=[[frame_placeholder(len(features))]],
-                                        layout=runtime.layout)[0]
+                scored = score_sample(runtime, ids, labels, needle.answer, cfg.scoring, cfg.max_new_tokens,
+                                      media=[[frame_placeholder(len(features))]])
             samples.append({"needle": needle.name, "needle_frame": index, "num_frames": len(features),
-                            "seq_len": len(ids) - 1 + len(features) * (tokens_per_frame + 1),
-                            **score(tokenizer, result, needle.answer)})
+                            "seq_len": len(ids) - 1 + len(features) * (tokens_per_frame + 1), **scored})
         return samples
 
     spec = GridSpec("vniah", "frames", "Haystack frames", tuple(frames), tuple(depths))
@@ -379,7 +380,6 @@ def run_vniah(cfg: VNIAHConfig, runtime: EvalRuntime | None = None) -> dict:
         "needles": [n.describe() for n in needles],
         "tokens_per_frame": tokens_per_frame,
         "insertion_rule": "needle inserted before haystack frame floor(depth * frames / 100); frames + 1 in all",
-        "scoring": "one teacher-forced forward; argmax at the answer positions == answer, case/space-insensitive",
     }
     return publish(spec, cells, config, cfg, runtime, "V-NIAH")
 

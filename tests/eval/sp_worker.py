@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def vniah_scores(rank: int, world_size: int, output_dir: str, needle_file: str, sp: int) -> list:
+def vniah_scores(rank: int, world_size: int, output_dir: str, needle_file: str, sp: int,
+                 scoring: str = "teacher_forced") -> list:
     from longvila.eval.vniah import VNIAHConfig, run_vniah
 
-    cfg = VNIAHConfig(output_dir=Path(output_dir), needles=needle_file, min_frames=5, max_frames=13, frames_step=4,
-                      depth_step=50, seq_parallel_size=sp, disable_tqdm=True)
+    grid = dict(min_frames=5, max_frames=13, frames_step=4) if scoring == "teacher_forced" else dict(
+        min_frames=7, max_frames=7, frames_step=1, max_new_tokens=3)
+    cfg = VNIAHConfig(output_dir=Path(output_dir), needles=needle_file, depth_step=50, seq_parallel_size=sp,
+                      disable_tqdm=True, scoring=scoring, **grid)
     return summary(run_vniah(cfg), "frames")
 
 
@@ -23,5 +26,6 @@ def passkey_scores(rank: int, world_size: int, output_dir: str, sp: int) -> list
 
 def summary(results: dict, x_name: str) -> list:
     """Per cell and sample: what decides the score (prediction, correctness) and the answer NLL."""
-    return [(cell[x_name], cell["depth"], [(s["prediction"], s["correct"], s["answer_nll"]) for s in cell["samples"]])
+    return [(cell[x_name], cell["depth"], [(s["prediction"], s["correct"], s.get("answer_nll", 0.0))
+                                           for s in cell["samples"]])
             for cell in results["cells"]]

@@ -28,6 +28,8 @@ def _one_line_error(capsys, main, argv) -> str:
     (["--fps", "0"], "--fps must be > 0"),
     (["--model", "no/such/ckpt"], "not a checkpoint folder"),
     (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
+    (["--scoring", "bleu"], "argument --scoring: invalid choice: 'bleu'"),
+    (["--scoring", "generate", "--max_new_tokens", "0"], "--max_new_tokens must be >= 1"),
 ])
 def test_vniah_bad_flags(capsys, tmp_path, extra, message):
     line = _one_line_error(capsys, vniah.main, ["--output_dir", str(tmp_path / "o"), *extra])
@@ -46,6 +48,7 @@ def test_vniah_bad_needle_json(capsys, tmp_path):
     (["--min_length", "512", "--max_length", "256"], "--min_length 512 > --max_length 256"),
     (["--min_length", "16"], "--min_length must be >= 64"),
     (["--num_keys", "0"], "--num_keys must be >= 1"),
+    (["--max_new_tokens", "-1"], "--max_new_tokens must be >= 1"),
 ])
 def test_passkey_bad_flags(capsys, tmp_path, extra, message):
     line = _one_line_error(capsys, passkey.main, ["--output_dir", str(tmp_path / "o"), *extra])

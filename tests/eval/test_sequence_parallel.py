@@ -46,6 +46,10 @@ def test_vniah_and_passkey_scores_match_across_sp_and_dp(world2, tmp_path, needl
             assert_same_scores(single, scores)
     assert (tmp_path / "sp2" / "vniah_results.json").is_file() and (tmp_path / "sp2" / "vniah_heatmap.png").is_file()
 
+    single = sp_worker.vniah_scores(0, 1, str(tmp_path / "gen-single"), str(needle_file), 1, "generate")
+    for scores in world2.run(sp_worker.vniah_scores, str(tmp_path / "gen-sp2"), str(needle_file), 2, "generate"):
+        assert_same_scores(single, scores)  # greedy generation, every step sharded
+
     single = sp_worker.passkey_scores(0, 1, str(tmp_path / "pk-single"), 1)
     for scores in world2.run(sp_worker.passkey_scores, str(tmp_path / "pk-sp2"), 2):
         assert_same_scores(single, scores)

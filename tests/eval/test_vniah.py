@@ -156,3 +156,29 @@ def test_run_writes_json_and_heatmap_with_every_cell(tmp_path, needle_file):
     png = (out / "vniah_heatmap.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert (out / "synthetic_haystack.mp4").is_file()
+
+
+def test_greedy_generation_agrees_with_teacher_forcing_on_its_own_output(tiny_path):
+    """On the real tiny VLM with a cached video: teacher-forcing the greedy continuation reproduces it token for
+    token (both read the same causal logits), and with stop tokens the generation is that continuation cut before
+    the first of them."""
+    from longvila.eval.grid import greedy_generate, stop_token_ids, teacher_forced
+    from longvila.model.checkpoint import load_vila
+
+    model, tokenizer, _ = load_vila(tiny_path)
+    n, tokens, hidden = 6, model.tokens_per_frame, model.llm.config.hidden_size
+    features = torch.randn(n, tokens, hidden, generator=torch.Generator().manual_seed(0))
+    ids, labels = needle_prompt(tokenizer, COLOUR_QUESTION, "Red.")
+    prompt = ids[labels == -100]
+    media = [[frame_placeholder(n)]]
+    with cached_frame_features(model, features):
+        free = greedy_generate(model, prompt, set(), max_new_tokens=5, media=media)
+        assert len(free) == 5
+        target = torch.cat([torch.full_like(prompt, -100), torch.tensor(free)])
+        (forced,) = teacher_forced(model, torch.cat([prompt, torch.tensor(free)])[None], target[None], media=media)
+        assert forced.predicted_ids == free
+        stops = stop_token_ids(tokenizer)
+        stopped = greedy_generate(model, prompt, stops, max_new_tokens=5, media=media)
+    cut = next((i for i, t in enumerate(free) if t in stops), len(free))
+    assert stopped == free[:cut]
+    assert stops == {tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id} - {None}
