@@ -3,7 +3,7 @@
 # interpreter), and the kernel benchmarks with their JSON. Each phase has its own time limit so that one hang does not
 # cost the others; logs land in $OUT (the device tool's folder) or ./gpu-out.
 #
-#   bash benchmarks/gpu_session.sh [env|gpu-tests|bench|kernel-tests|all ...]
+#   bash benchmarks/gpu_session.sh [gpu-tests|bench|tune|kernel-tests|all ...]   (the environment is always logged)
 set -o pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -19,13 +19,12 @@ run_phase() {  # name, seconds, command...
     echo "=== $name exit ${PIPESTATUS[0]}"
 }
 
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/env.txt"
+$PY -c "import torch, triton, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+'triton', triton.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/env.txt"
+
 for phase in $phases; do
     case $phase in
-    env | all | tune)
-        nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/env.txt"
-        $PY -c "import torch, triton, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda,
-'triton', triton.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/env.txt"
-        ;;&
     gpu-tests | all)
         run_phase gpu-tests 180 $PY -m pytest -m gpu tests -q -p no:cacheprovider ;;&
     bench | all)
@@ -33,7 +32,7 @@ for phase in $phases; do
             --benchmark-json="$OUT/bench.json" --benchmark-columns=median,min,max,rounds ;;&
     tune)
         run_phase tune 360 $PY benchmarks/tune_flash_attention.py --budget 300 --json "$OUT/tune.json" ;;&
-    kernel-tests | all | tune)
+    kernel-tests | all)
         run_phase kernel-tests "${KERNEL_TESTS_LIMIT:-300}" $PY -m pytest tests/kernels \
             tests/distributed/test_block_attention.py -v -n 14 -p no:benchmark -p no:cacheprovider --tb=short ;;
     esac

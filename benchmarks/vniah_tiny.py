@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 TRAINED_STAGE, PASSKEY_STAGE = "s5_long_video_sft", "s4_context_ext"
-TRAINING_FRAMES = 32  # the longest clip of the stage-5 synthetic data (longvila.data.synthetic.STAGE_DEFAULTS)
 
 
 def run(command: list[str], log: Path) -> float:
@@ -89,6 +88,9 @@ def main(argv=None) -> None:
     def accuracy(folder: str, task: str) -> float:
         return json.loads((out / folder / f"{task}_results.json").read_text())["mean_accuracy"]
 
+    from longvila.data.synthetic import STAGE_DEFAULTS
+
+    training_frames = STAGE_DEFAULTS[TRAINED_STAGE][1]["num_frames"]  # the longest stage-5 synthetic clip
     stage_seconds = {}
     metrics = pipeline / TRAINED_STAGE / "metrics.jsonl"
     if metrics.is_file():
@@ -100,8 +102,8 @@ def main(argv=None) -> None:
         "trained_vniah_accuracy": accuracy("trained", "vniah"),
         "passkey_s4_accuracy": None if args.skip_passkey else accuracy("passkey_s4", "passkey"),
         "grid": {"frames": [args.min_frames, args.max_frames, args.frames_step], "depth_step": args.depth_step,
-                 "training_max_frames": TRAINING_FRAMES,
-                 "grid_reach": args.max_frames / TRAINING_FRAMES},
+                 "training_max_frames": training_frames,
+                 "grid_reach": args.max_frames / training_frames},
         "seconds": seconds,
         "train_plus_eval_seconds": seconds.get("pipeline", 0.0) + seconds["trained"],
         "commands": commands,

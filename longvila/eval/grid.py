@@ -53,7 +53,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from longvila.constants import IGNORE_INDEX
+from longvila.constants import IGNORE_INDEX, IM_END
 
 logger = logging.getLogger("longvila.eval")
 
@@ -200,7 +200,11 @@ def score(tokenizer, result: TeacherForced, answer: str) -> dict:
     }
 
 
-SCORING_MODES = ("teacher_forced", "generate")
+SCORING_RULES = {  # --scoring value -> the rule recorded in the results JSON
+    "teacher_forced": "one teacher-forced forward; argmax at the answer positions == answer, case/space-insensitive",
+    "generate": "greedy generation (stops at EOS/<|im_end|>); answer occurs in it, case/space-insensitive",
+}
+SCORING_MODES = tuple(SCORING_RULES)
 
 
 def greedy_generate(model, prompt_ids: torch.Tensor, stop_ids: set[int], max_new_tokens: int, media=None,
@@ -227,8 +231,6 @@ def greedy_generate(model, prompt_ids: torch.Tensor, stop_ids: set[int], max_new
 
 def stop_token_ids(tokenizer) -> set[int]:
     """Tokens that end a generated answer: EOS and the chat template's end of turn."""
-    from longvila.constants import IM_END
-
     ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)}
     return {i for i in ids if i is not None and i != tokenizer.unk_token_id}
 
@@ -254,11 +256,6 @@ def score_sample(runtime: "EvalRuntime", ids: torch.Tensor, labels: torch.Tensor
         "generated_tokens": len(generated),
     }
 
-
-SCORING_RULES = {
-    "teacher_forced": "one teacher-forced forward; argmax at the answer positions == answer, case/space-insensitive",
-    "generate": "greedy generation (stops at EOS/<|im_end|>); answer occurs in it, case/space-insensitive",
-}
 
 
 # ---------------------------------------------------------------------------------------------- runtime
