@@ -31,6 +31,21 @@ def triton_available(device: torch.device | str | None = None) -> bool:
     return torch.device(device).type == "cuda" and torch.cuda.is_available()
 
 
+def require_triton(device: torch.device | str, what: str) -> None:
+    """Raise ValueError, naming ``what`` and the fix, unless the Triton kernels can run on ``device`` here.
+
+    Callers use it before any compute, so that a flag that asks for Triton never quietly runs something else.
+    """
+    if not HAS_TRITON:
+        raise ValueError(f"{what} needs the triton package, which is not installed")
+    dev = torch.device(device)
+    if not triton_available(dev):
+        raise ValueError(
+            f"{what} cannot run on {dev}: it needs a CUDA device, or TRITON_INTERPRET=1 for the (slow) CPU "
+            "interpreter"
+        )
+
+
 def flash_attn_available() -> bool:
     """Whether the ``flash_attn`` package (Dao-AILab) is installed and a CUDA device is visible."""
     return importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
@@ -50,13 +65,7 @@ def resolve_attn_backend(name: str, device: torch.device | str) -> str:
     if name == "torch":
         return "torch"
     if name == "triton":
-        if not HAS_TRITON:
-            raise ValueError("attn backend 'triton' needs the triton package, which is not installed")
-        if not triton_available(dev):
-            raise ValueError(
-                f"attn backend 'triton' cannot run on {dev}: it needs a CUDA device, or TRITON_INTERPRET=1 for the "
-                "(slow) CPU interpreter"
-            )
+        require_triton(dev, "attn backend 'triton'")
         return "triton"
     # flash_attn
     if importlib.util.find_spec("flash_attn") is None:
@@ -66,4 +75,4 @@ def resolve_attn_backend(name: str, device: torch.device | str) -> str:
     return "flash_attn"
 
 
-__all__ = ["ATTN_BACKENDS", "flash_attn_available", "resolve_attn_backend", "triton_available"]
+__all__ = ["ATTN_BACKENDS", "flash_attn_available", "require_triton", "resolve_attn_backend", "triton_available"]

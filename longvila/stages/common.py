@@ -129,6 +129,18 @@ def save_final(model, tokenizer, image_processor, spec: StageSpec, args: StageAr
     dist.barrier()
 
 
+def _check_fused_kernels(args: StageArguments, env) -> None:
+    """``--fused_kernels`` where Triton cannot run would quietly fall back to the torch references: refuse it."""
+    if not args.model.fused_kernels:
+        return
+    from longvila.kernels import require_triton
+
+    try:
+        require_triton(env.device, "--fused_kernels")
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+
+
 def _install_parallelism(model, args: StageArguments, env):
     """Sequence parallelism + attention backend; configuration problems surface as one-line ConfigErrors."""
     from longvila.distributed.integration import install_parallelism
@@ -173,6 +185,7 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
     env = init_distributed()
     _setup_logging(env.rank)
     validate_world(args, env.world_size)
+    _check_fused_kernels(args, env)
     set_seed(args.train.seed)
     init_from = args.model.init_from or (str(tiny_model_path()) if env.is_main else None)
     if not args.model.init_from:

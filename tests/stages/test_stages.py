@@ -149,3 +149,18 @@ def test_fused_kernels_train_with_the_same_loss_curve(stage_flags, monkeypatch, 
     stock, fused = ([r["loss"] for r in run.history] for run in runs)
     assert fused == pytest.approx(stock, rel=1e-4)
     assert fused[-1] < fused[0]
+
+
+def test_fused_kernels_where_triton_cannot_run_is_one_line_error(stage_flags, subprocess_env, tmp_path):
+    """Without CUDA or the interpreter the fused modules would silently run their torch references: the stage
+    refuses --fused_kernels with one line and exit code 2, before loading the model."""
+    if torch.cuda.is_available():
+        pytest.skip("Triton can run on this machine's CUDA device")
+    env = {k: v for k, v in subprocess_env.items() if k != "TRITON_INTERPRET"}
+    flags = stage_flags("s4_context_ext", tmp_path / "out", "--fused_kernels", "true")
+    result = subprocess.run([sys.executable, "-m", "longvila.stages.s4_context_ext", *flags],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("longvila")]
+    assert len(error_lines) == 1 and "--fused_kernels" in error_lines[0] and "TRITON_INTERPRET=1" in error_lines[0]
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
