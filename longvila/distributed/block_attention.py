@@ -15,8 +15,8 @@ Contract (shared with the kernels engineer), layout (B, H, S, D) like HF attenti
   is what makes per-block gradients sum to the exact full-attention gradient: P = exp(S - lse_global) and the
   row term D = rowsum(dout * out_global).
 
-Backends: ``math`` (explicit reference, any device, fp64-capable), ``torch`` (the CPU flash-attention op with
-LSE when there are no segment ids, math otherwise), ``triton`` (``longvila.kernels.flash_attention``, imported
+Backends: ``math`` (explicit reference, any device, fp64-capable), ``torch`` (PyTorch's CPU flash-attention op,
+or on CUDA its fp16/bf16 FlashAttention-2 op, both with LSE, when there are no segment ids; math otherwise), ``triton`` (``longvila.kernels.flash_attention``, imported
 lazily), ``flash_attn`` (the flash-attn package, only when it imports).
 """
 
@@ -130,14 +130,53 @@ class MathBackend:
         return dq.to(q.dtype), _reduce_kv(dk, n_rep).to(k.dtype), _reduce_kv(dv, n_rep).to(v.dtype)
 
 
-class TorchBackend:
-    """PyTorch's own kernels where they return an LSE, the math path elsewhere.
+def _uses_cuda_flash(q: torch.Tensor) -> bool:
+    """Whether PyTorch's CUDA flash-attention op (FlashAttention-2 inside libtorch) takes these queries.
 
-    On CPU without segment ids this is ``aten._scaled_dot_product_flash_attention_for_cpu`` and its ``_backward``
-    (natural-log LSE, native GQA, exactly SDPA's gradients). Segment ids that put the whole block in one document
-    are dropped first, so most blocks of packed sequences stay on that op. Mixed segment ids need a mask with
-    possibly empty rows, which the op cannot express safely, and CUDA has no public LSE-returning op with a stable
-    backward signature, so those cases use :class:`MathBackend` (use ``triton`` or ``flash_attn`` on GPU).
+    The op needs fp16/bf16, a head dim that is a multiple of 8 up to 256, and an Ampere or newer GPU.
+    """
+    if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    d = q.shape[-1]
+    return d % 8 == 0 and d <= 256 and torch.cuda.get_device_capability(q.device) >= (8, 0)
+
+
+def cuda_flash_forward(q, k, v, *, causal: bool, scale: float):
+    """``aten._scaled_dot_product_flash_attention``: (out, natural-log fp32 LSE (B, H, S)); native GQA.
+
+    A plain function of the op, so that its argument binding and output shapes can be checked on ``meta`` tensors
+    on a machine without CUDA.
+    """
+    res = torch.ops.aten._scaled_dot_product_flash_attention(
+        q.contiguous(), k.contiguous(), v.contiguous(), 0.0, causal, False, scale=scale)
+    return res[0], normalise_lse(res[1])
+
+
+def cuda_flash_backward(dout, q, k, v, out, lse, *, causal: bool, scale: float):
+    """``aten._scaled_dot_product_flash_attention_backward`` against a given (global) out/LSE.
+
+    Without dropout the op never reads its philox seed/offset, and without cumulative sequence lengths it runs the
+    dense path, so those arguments are empty. ``max_q``/``max_k`` are the block lengths.
+    """
+    no_rng = torch.empty((), dtype=torch.int64, device=q.device)
+    dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_backward(
+        dout.to(q.dtype).contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), out.to(q.dtype).contiguous(),
+        lse.float().contiguous(), None, None, q.shape[2], k.shape[2], 0.0, causal, no_rng, no_rng, scale=scale)
+    return dq, dk, dv
+
+
+class TorchBackend:
+    """PyTorch's own flash-attention kernels where they return an LSE, the math path elsewhere.
+
+    * CPU: ``aten._scaled_dot_product_flash_attention_for_cpu`` and its ``_backward`` (natural-log LSE, native GQA,
+      exactly SDPA's gradients), any dtype.
+    * CUDA, fp16/bf16: ``aten._scaled_dot_product_flash_attention`` and its ``_backward`` (FlashAttention-2 built
+      into libtorch; O(S) memory, native GQA), see :func:`_uses_cuda_flash`.
+
+    Segment ids that put the whole block in one document are dropped first, so most blocks of packed sequences stay
+    on those ops. Mixed segment ids need a mask with possibly empty rows, which neither op can express, and fp32 on
+    CUDA has no LSE-returning flash op; those cases use :class:`MathBackend` (O(S^2) memory per block; use
+    ``triton`` on GPU).
     """
 
     name = "torch"
@@ -146,15 +185,19 @@ class TorchBackend:
         self._math = MathBackend()
 
     @staticmethod
-    def _use_cpu_flash(q, q_segment_ids) -> bool:
-        return q.device.type == "cpu" and q_segment_ids is None
+    def _route(q, q_segment_ids) -> str:
+        if q_segment_ids is not None:
+            return "math"
+        if q.device.type == "cpu":
+            return "cpu_flash"
+        return "cuda_flash" if _uses_cuda_flash(q) else "math"
 
     @staticmethod
     def _drop_uniform_segments(q, q_segment_ids, k_segment_ids):
         """Segment ids that put every query and key of a batch row in one document mask nothing: drop them.
 
         Most blocks of a packed (and every block of an unpacked) sequence lie inside one document, so this keeps
-        them on the fast op. Only checked on CPU, where reading the ids costs no device sync.
+        them on the fast ops. Only checked on CPU, where reading the ids costs no device sync.
         """
         if q_segment_ids is None or q.device.type != "cpu":
             return q_segment_ids, k_segment_ids
@@ -166,7 +209,10 @@ class TorchBackend:
     def forward(self, q, k, v, *, causal, scale, q_segment_ids=None, k_segment_ids=None):
         check_block_inputs(q, k, v, causal, q_segment_ids, k_segment_ids)
         q_segment_ids, k_segment_ids = self._drop_uniform_segments(q, q_segment_ids, k_segment_ids)
-        if not self._use_cpu_flash(q, q_segment_ids):
+        route = self._route(q, q_segment_ids)
+        if route == "cuda_flash":
+            return cuda_flash_forward(q, k, v, causal=causal, scale=scale)
+        if route == "math":
             return self._math.forward(q, k, v, causal=causal, scale=scale, q_segment_ids=q_segment_ids,
                                       k_segment_ids=k_segment_ids)
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
@@ -176,7 +222,10 @@ class TorchBackend:
     def backward(self, dout, q, k, v, out, lse, *, causal, scale, q_segment_ids=None, k_segment_ids=None):
         check_block_inputs(q, k, v, causal, q_segment_ids, k_segment_ids)
         q_segment_ids, k_segment_ids = self._drop_uniform_segments(q, q_segment_ids, k_segment_ids)
-        if not self._use_cpu_flash(q, q_segment_ids):
+        route = self._route(q, q_segment_ids)
+        if route == "cuda_flash":
+            return cuda_flash_backward(dout, q, k, v, out, lse, causal=causal, scale=scale)
+        if route == "math":
             return self._math.backward(dout, q, k, v, out, lse, causal=causal, scale=scale,
                                        q_segment_ids=q_segment_ids, k_segment_ids=k_segment_ids)
         lse = lse.to(torch.float64 if q.dtype == torch.float64 else torch.float32)

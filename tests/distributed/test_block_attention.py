@@ -8,6 +8,9 @@ import torch
 
 from longvila.distributed.block_attention import (
     MathBackend,
+    TorchBackend,
+    cuda_flash_backward,
+    cuda_flash_forward,
     available_backends,
     block_attention,
     get_block_backend,
@@ -139,6 +142,28 @@ def test_contract_validation_errors():
         register_block_backend("broken", object())
 
 
+@pytest.mark.parametrize("hkv,s,d", [(4, 100, 64), (2, 37, 80), (1, 5, 128)])
+def test_cuda_flash_op_binding_on_meta_tensors(hkv, s, d):
+    """The CUDA route calls libtorch's flash op and its backward with arguments that bind, and gets the contract's
+    shapes back (GQA grads at the kv head count, fp32 LSE (B, H, S)). Checked on ``meta`` tensors, which run the
+    ops' shape functions without a GPU; the numbers are checked on CUDA by test_cuda_backends_match_cpu_reference."""
+    q = torch.empty(2, 4, s, d, device="meta", dtype=torch.bfloat16)
+    k = torch.empty(2, hkv, s, d, device="meta", dtype=torch.bfloat16)
+    out, lse = cuda_flash_forward(q, k, k, causal=True, scale=0.1)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert lse.shape == q.shape[:3] and lse.dtype == torch.float32
+    dq, dk, dv = cuda_flash_backward(out, q, k, k, out, lse, causal=True, scale=0.1)
+    assert dq.shape == q.shape and dk.shape == k.shape and dv.shape == k.shape
+
+
+def test_torch_backend_routes():
+    q = torch.zeros(1, 2, 4, 8, dtype=torch.bfloat16)
+    seg = torch.zeros(1, 4, dtype=torch.long)
+    assert TorchBackend._route(q, None) == "cpu_flash"
+    assert TorchBackend._route(q, seg) == "math"
+    assert TorchBackend._route(q.to("meta"), None) == "math"  # neither CPU nor CUDA: the explicit path
+
+
 def test_registry():
     assert {"math", "torch", "triton", "flash_attn"} <= set(available_backends())
     assert get_block_backend("math") is get_block_backend("math")
@@ -174,19 +199,23 @@ def test_optional_backends_fail_clearly_or_conform(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("backend", ["torch", "flash_attn"])
-def test_cuda_backends_match_cpu_reference(backend):
+@pytest.mark.parametrize("backend,dtype", [("torch", torch.float32), ("torch", torch.bfloat16),
+                                           ("flash_attn", torch.bfloat16)])
+def test_cuda_backends_match_cpu_reference(backend, dtype):
+    """fp32 "torch" runs the math path, bf16 "torch" PyTorch's FlashAttention-2 op (asserted, not assumed)."""
     if backend == "flash_attn" and importlib.util.find_spec("flash_attn") is None:
         pytest.skip("flash-attn is not installed")
-    dtype = torch.float32 if backend == "torch" else torch.bfloat16
     tol = 1e-4 if dtype == torch.float32 else 3e-2
-    q, k, v, seg = _inputs(hkv=2, s=64, d=64)
+    q, k, v, seg = _inputs(hkv=2, s=67, d=64)
     dout = torch.randn_like(q)
     be = get_block_backend(backend)
     for causal, s in ((True, None), (False, None), (True, seg)):
         ref_out, ref_grads = _ref_grads(q, k, v, s, causal, 0.125, dout)
         cq, ck, cv, cd = (t.cuda().to(dtype) for t in (q, k, v, dout))
         cs = None if s is None else s.cuda()
+        if backend == "torch":
+            want_route = "cuda_flash" if dtype == torch.bfloat16 and s is None else "math"
+            assert TorchBackend._route(cq, cs) == want_route
         out, lse = be.forward(cq, ck, cv, causal=causal, scale=0.125, q_segment_ids=cs, k_segment_ids=cs)
         assert lse.dtype == torch.float32 and lse.shape == q.shape[:3]
         torch.testing.assert_close(out.double().cpu(), ref_out, atol=tol, rtol=0)
