@@ -7,6 +7,7 @@ cross-entropy also records peak memory (``peak_mib``, ``baseline_peak_mib``, ``m
 The baseline itself is benchmarked too, so both appear in pytest-benchmark's table, grouped per kernel.
 
 GPU shapes: attention B=1, H=16, S=16384, D=128 causal bf16 (fwd and fwd+bwd) against SDPA's fastest backend;
+the torch block backend on a packed block (8 documents) 16 q / 4 kv heads x 8192 x 128 bf16 against the math path;
 CE 32768 tokens x 152064 vocab x 3584 hidden bf16; RMSNorm 32768x3584; RoPE 28q/4kv heads x 32768 x 128.
 CPU (interpreter) shapes are tiny and only check that everything runs.
 """
@@ -64,9 +65,9 @@ def _sig(x: float) -> float:
     return float(f"{x:.4g}")
 
 
-def _record(benchmark, ours_s, baseline_s, baseline_name, **extra):
+def _record(benchmark, ours_s, baseline_s, baseline_name, device_name=None, **extra):
     benchmark.extra_info.update(
-        device=torch.cuda.get_device_name() if ON_GPU else "cpu (triton interpreter)",
+        device=device_name or (torch.cuda.get_device_name() if ON_GPU else "cpu (triton interpreter)"),
         baseline=baseline_name,
         baseline_ms=_sig(baseline_s * 1e3),
         ratio_vs_baseline=_sig(baseline_s / ours_s),
@@ -148,6 +149,62 @@ def test_attention_sdpa_baseline(benchmark, device, rounds, mode):
             out.backward(torch.ones_like(out))
     seconds = _run(benchmark, run, rounds)
     benchmark.extra_info.update(tflops=_sig(_attn_flops(mode) / seconds / 1e12), backend="sdpa default")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# torch block backend on packed documents (ring/Ulysses blocks with segment ids)
+# ------------------------------------------------------------------------------------------------------------
+PACKED = dict(hq=16, hkv=4, s=8192, d=128, docs=8, dtype=torch.bfloat16) if ON_GPU else \
+    dict(hq=4, hkv=2, s=1024, d=64, docs=8, dtype=torch.float32)
+
+
+def _packed_inputs(device):
+    """A causal block of PACKED["docs"] documents of random lengths, as ring attention's diagonal step sees it."""
+    from longvila.distributed.block_attention import MathBackend, TorchBackend
+
+    g = torch.Generator().manual_seed(5)
+    s = PACKED["s"]
+    cuts = torch.randperm(s - 1, generator=g)[: PACKED["docs"] - 1].add(1).sort().values
+    seg = torch.zeros(1, s, dtype=torch.long)
+    seg[0, cuts] = 1
+    seg = seg.cumsum(-1).to(device)
+    q = torch.randn(1, PACKED["hq"], s, PACKED["d"], generator=g)
+    k, v = (torch.randn(1, PACKED["hkv"], s, PACKED["d"], generator=g) for _ in range(2))
+    q, k, v = (t.to(device=device, dtype=PACKED["dtype"]) for t in (q, k, v))
+    return TorchBackend(), MathBackend(), (q, k, v, seg)
+
+
+def _block_step(backend, q, k, v, seg):
+    scale = 1.0 / math.sqrt(q.shape[-1])
+
+    def run():
+        out, lse = backend.forward(q, k, v, causal=True, scale=scale, q_segment_ids=seg, k_segment_ids=seg)
+        backend.backward(torch.ones_like(out), q, k, v, out, lse, causal=True, scale=scale, q_segment_ids=seg,
+                         k_segment_ids=seg)
+    return run
+
+
+def test_torch_block_backend_packed(benchmark, device, rounds):
+    benchmark.group = "block-backend-packed-fwd_bwd"
+    torch_backend, math_backend, (q, k, v, seg) = _packed_inputs(device)
+    assert torch_backend._route(q, seg, seg, True)[0] == "documents"
+    ours_step, base_step = _block_step(torch_backend, q, k, v, seg), _block_step(math_backend, q, k, v, seg)
+    ours = _run(benchmark, ours_step, rounds)
+    base = _median_seconds(base_step, rounds["rounds"], rounds["warmup_rounds"])
+    extra = {"shape": f"{PACKED['hq']}q/{PACKED['hkv']}kv heads x {PACKED['s']} x {PACKED['d']}, "
+                      f"{PACKED['docs']} documents", "dtype": str(PACKED["dtype"])}
+    if ON_GPU:
+        ours_peak, base_peak = _peak_mib(ours_step), _peak_mib(base_step)
+        extra.update(peak_mib=_sig(ours_peak), baseline_peak_mib=_sig(base_peak),
+                     memory_ratio=_sig(base_peak / ours_peak))
+    _record(benchmark, ours, base, "math block backend (explicit masked scores)",
+            device_name=None if ON_GPU else "cpu (no interpreter: aten flash op)", **extra)
+
+
+def test_math_block_backend_packed_baseline(benchmark, device, rounds):
+    benchmark.group = "block-backend-packed-fwd_bwd"
+    _, math_backend, (q, k, v, seg) = _packed_inputs(device)
+    _run(benchmark, _block_step(math_backend, q, k, v, seg), rounds)
 
 
 # ------------------------------------------------------------------------------------------------------------

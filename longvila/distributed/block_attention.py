@@ -141,6 +141,20 @@ def _uses_cuda_flash(q: torch.Tensor) -> bool:
     return d % 8 == 0 and d <= 256 and torch.cuda.get_device_capability(q.device) >= (8, 0)
 
 
+def cpu_flash_forward(q, k, v, *, causal: bool, scale: float):
+    """``aten._scaled_dot_product_flash_attention_for_cpu``: (out, natural-log LSE (B, H, S)); native GQA."""
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q.contiguous(), k.contiguous(), v.contiguous(), 0.0, causal, attn_mask=None, scale=scale)
+    return out, lse.to(_compute_dtype(q)).contiguous()
+
+
+def cpu_flash_backward(dout, q, k, v, out, lse, *, causal: bool, scale: float):
+    """``aten._scaled_dot_product_flash_attention_for_cpu_backward`` against a given (global) out/LSE."""
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        dout.to(q.dtype).contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), out.to(q.dtype).contiguous(),
+        lse.to(_compute_dtype(q)).contiguous(), 0.0, causal, attn_mask=None, scale=scale)
+
+
 def cuda_flash_forward(q, k, v, *, causal: bool, scale: float):
     """``aten._scaled_dot_product_flash_attention``: (out, natural-log fp32 LSE (B, H, S)); native GQA.
 
@@ -165,18 +179,47 @@ def cuda_flash_backward(dout, q, k, v, out, lse, *, causal: bool, scale: float):
     return dq, dk, dv
 
 
+def _runs(ids: torch.Tensor) -> dict[int, tuple[int, int]] | None:
+    """``{id: (start, end)}`` of one row's segment ids, or None when some id occurs in two separate runs."""
+    values, counts = torch.unique_consecutive(ids, return_counts=True)
+    values, ends = values.tolist(), torch.cumsum(counts, 0).tolist()
+    if len(set(values)) != len(values):
+        return None
+    return {v: (e - c, e) for v, e, c in zip(values, ends, counts.tolist())}
+
+
+def document_pieces(q_segment_ids, k_segment_ids, causal: bool):
+    """Split a segment-masked block into mask-free sub-blocks: per batch row, ``(q_start, q_end, k_start, k_end)``
+    for every document present among both the queries and the keys.
+
+    Returns None when that split is not exact: a document's ids are not one contiguous run, or (causal) a
+    document's query and key ranges differ, where the block's causal diagonal would not be the sub-block's.
+    Queries outside every piece see no key (out 0, LSE -inf); keys outside every piece get no gradient.
+    """
+    pieces = []
+    for q_ids, k_ids in zip(q_segment_ids, k_segment_ids):
+        q_runs, k_runs = _runs(q_ids), _runs(k_ids)
+        if q_runs is None or k_runs is None:
+            return None
+        row = [(*q_runs[d], *k_runs[d]) for d in q_runs if d in k_runs]
+        if causal and any(qs != ks or qe != ke for qs, qe, ks, ke in row):
+            return None
+        pieces.append(row)
+    return pieces
+
+
 class TorchBackend:
-    """PyTorch's own flash-attention kernels where they return an LSE, the math path elsewhere.
+    """PyTorch's own flash-attention kernels, which return an LSE, wherever they apply; the math path elsewhere.
 
     * CPU: ``aten._scaled_dot_product_flash_attention_for_cpu`` and its ``_backward`` (natural-log LSE, native GQA,
       exactly SDPA's gradients), any dtype.
     * CUDA, fp16/bf16: ``aten._scaled_dot_product_flash_attention`` and its ``_backward`` (FlashAttention-2 built
       into libtorch; O(S) memory, native GQA), see :func:`_uses_cuda_flash`.
 
-    Segment ids that put the whole block in one document are dropped first, so most blocks of packed sequences stay
-    on those ops. Mixed segment ids need a mask with possibly empty rows, which neither op can express, and fp32 on
-    CUDA has no LSE-returning flash op; those cases use :class:`MathBackend` (O(S^2) memory per block; use
-    ``triton`` on GPU).
+    Neither op takes a mask, so segment ids (packed documents) are split into one mask-free sub-block per document
+    (:func:`document_pieces`): the cost is the sum of the documents' squares and no (Sq, Sk) tensor is built.
+    Reading the ids to find the documents is a device sync on CUDA. Ids that are not contiguous runs, and fp32 on
+    CUDA (no LSE-returning flash op), use :class:`MathBackend` (O(S^2) memory per block; use ``triton`` on GPU).
     """
 
     name = "torch"
@@ -185,54 +228,59 @@ class TorchBackend:
         self._math = MathBackend()
 
     @staticmethod
-    def _route(q, q_segment_ids) -> str:
-        if q_segment_ids is not None:
-            return "math"
+    def _fast_ops(q):
+        """(forward, backward) of the fused op for these queries' device and dtype, or None."""
         if q.device.type == "cpu":
-            return "cpu_flash"
-        return "cuda_flash" if _uses_cuda_flash(q) else "math"
+            return cpu_flash_forward, cpu_flash_backward
+        if _uses_cuda_flash(q):
+            return cuda_flash_forward, cuda_flash_backward
+        return None
 
-    @staticmethod
-    def _drop_uniform_segments(q, q_segment_ids, k_segment_ids):
-        """Segment ids that put every query and key of a batch row in one document mask nothing: drop them.
-
-        Most blocks of a packed (and every block of an unpacked) sequence lie inside one document, so this keeps
-        them on the fast ops. Only checked on CPU, where reading the ids costs no device sync.
-        """
-        if q_segment_ids is None or q.device.type != "cpu":
-            return q_segment_ids, k_segment_ids
-        first = k_segment_ids[:, :1]
-        if bool((q_segment_ids == first).all()) and bool((k_segment_ids == first).all()):
-            return None, None
-        return q_segment_ids, k_segment_ids
+    @classmethod
+    def _route(cls, q, q_segment_ids, k_segment_ids=None, causal: bool = False):
+        """``(route, pieces)``: route is "flash" (whole block), "documents" (per-document pieces) or "math"."""
+        if cls._fast_ops(q) is None:
+            return "math", None
+        if q_segment_ids is None:
+            return "flash", None
+        pieces = document_pieces(q_segment_ids, k_segment_ids, causal)
+        return ("math", None) if pieces is None else ("documents", pieces)
 
     def forward(self, q, k, v, *, causal, scale, q_segment_ids=None, k_segment_ids=None):
         check_block_inputs(q, k, v, causal, q_segment_ids, k_segment_ids)
-        q_segment_ids, k_segment_ids = self._drop_uniform_segments(q, q_segment_ids, k_segment_ids)
-        route = self._route(q, q_segment_ids)
-        if route == "cuda_flash":
-            return cuda_flash_forward(q, k, v, causal=causal, scale=scale)
+        route, pieces = self._route(q, q_segment_ids, k_segment_ids, causal)
         if route == "math":
             return self._math.forward(q, k, v, causal=causal, scale=scale, q_segment_ids=q_segment_ids,
                                       k_segment_ids=k_segment_ids)
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q.contiguous(), k.contiguous(), v.contiguous(), 0.0, causal, attn_mask=None, scale=scale)
-        return out, lse.to(_compute_dtype(q)).contiguous()
+        fwd, _ = self._fast_ops(q)
+        if route == "flash":
+            return fwd(q, k, v, causal=causal, scale=scale)
+        out = torch.zeros_like(q)
+        lse = torch.full(q.shape[:3], float("-inf"), dtype=_compute_dtype(q), device=q.device)
+        for b, row in enumerate(pieces):
+            for qs, qe, ks, ke in row:
+                o, l = fwd(q[b:b + 1, :, qs:qe], k[b:b + 1, :, ks:ke], v[b:b + 1, :, ks:ke], causal=causal,
+                           scale=scale)
+                out[b:b + 1, :, qs:qe] = o
+                lse[b:b + 1, :, qs:qe] = l
+        return out, lse
 
     def backward(self, dout, q, k, v, out, lse, *, causal, scale, q_segment_ids=None, k_segment_ids=None):
         check_block_inputs(q, k, v, causal, q_segment_ids, k_segment_ids)
-        q_segment_ids, k_segment_ids = self._drop_uniform_segments(q, q_segment_ids, k_segment_ids)
-        route = self._route(q, q_segment_ids)
-        if route == "cuda_flash":
-            return cuda_flash_backward(dout, q, k, v, out, lse, causal=causal, scale=scale)
+        route, pieces = self._route(q, q_segment_ids, k_segment_ids, causal)
         if route == "math":
             return self._math.backward(dout, q, k, v, out, lse, causal=causal, scale=scale,
                                        q_segment_ids=q_segment_ids, k_segment_ids=k_segment_ids)
-        lse = lse.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
-        dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            dout.to(q.dtype).contiguous(), q.contiguous(), k.contiguous(), v.contiguous(),
-            out.to(q.dtype).contiguous(), lse.contiguous(), 0.0, causal,
-            attn_mask=None, scale=scale)
+        _, bwd = self._fast_ops(q)
+        if route == "flash":
+            return bwd(dout, q, k, v, out, lse, causal=causal, scale=scale)
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        for b, row in enumerate(pieces):
+            for qs, qe, ks, ke in row:
+                rows, cols = (slice(b, b + 1), slice(None), slice(qs, qe)), (slice(b, b + 1), slice(None), slice(ks, ke))
+                gq, gk, gv = bwd(dout[rows], q[rows], k[cols], v[cols], out[rows], lse[rows], causal=causal,
+                                 scale=scale)
+                dq[rows], dk[cols], dv[cols] = gq, gk, gv
         return dq, dk, dv
 
 

@@ -157,11 +157,44 @@ def test_cuda_flash_op_binding_on_meta_tensors(hkv, s, d):
 
 
 def test_torch_backend_routes():
-    q = torch.zeros(1, 2, 4, 8, dtype=torch.bfloat16)
-    seg = torch.zeros(1, 4, dtype=torch.long)
-    assert TorchBackend._route(q, None) == "cpu_flash"
-    assert TorchBackend._route(q, seg) == "math"
-    assert TorchBackend._route(q.to("meta"), None) == "math"  # neither CPU nor CUDA: the explicit path
+    q = torch.zeros(1, 2, 6, 8, dtype=torch.bfloat16)
+    sorted_ids, scattered = torch.tensor([[1, 1, 2, 2, 2, 3]]), torch.tensor([[1, 2, 1, 2, 2, 3]])
+    assert TorchBackend._route(q, None) == ("flash", None)
+    assert TorchBackend._route(q, sorted_ids, sorted_ids, True) == ("documents", [[(0, 2, 0, 2), (2, 5, 2, 5),
+                                                                                   (5, 6, 5, 6)]])
+    assert TorchBackend._route(q, scattered, scattered, True) == ("math", None)  # document 1 is not one run
+    # Causal pieces must sit on the block's diagonal; non-causal ones may pair any ranges of one document.
+    shifted = torch.tensor([[1, 2, 2, 2, 3, 3]])
+    assert TorchBackend._route(q, sorted_ids, shifted, True) == ("math", None)
+    assert TorchBackend._route(q, sorted_ids, shifted, False)[1] == [[(0, 2, 0, 1), (2, 5, 1, 4), (5, 6, 4, 6)]]
+    assert TorchBackend._route(q.to("meta"), None) == ("math", None)  # neither CPU nor CUDA: the explicit path
+
+
+def test_packed_blocks_never_take_the_quadratic_path(monkeypatch):
+    """Packed documents (sorted ids, ring-style uneven key blocks included) run per document on the fused op:
+    the math path, which builds (Sq, Sk) scores, is never called, and the result equals the reference."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the torch backend fell back to the O(S^2) math path")
+
+    be = TorchBackend()
+    monkeypatch.setattr(be._math, "forward", refuse)
+    monkeypatch.setattr(be._math, "backward", refuse)
+    q, k, v, seg = _inputs(hkv=2, s=29)
+    dout = torch.randn_like(q)
+    for causal, ks in ((True, slice(None)), (False, slice(7, 23))):
+        kseg = seg[:, ks]
+        out, lse = be.forward(q, k[:, :, ks], v[:, :, ks], causal=causal, scale=0.3, q_segment_ids=seg,
+                              k_segment_ids=kseg)
+        ref_out, ref_lse = MathBackend().forward(q, k[:, :, ks], v[:, :, ks], causal=causal, scale=0.3,
+                                                 q_segment_ids=seg, k_segment_ids=kseg)
+        torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=0)
+        torch.testing.assert_close(lse, ref_lse, atol=1e-12, rtol=0)
+        got = be.backward(dout, q, k[:, :, ks], v[:, :, ks], out, lse, causal=causal, scale=0.3, q_segment_ids=seg,
+                          k_segment_ids=kseg)
+        want = MathBackend().backward(dout, q, k[:, :, ks], v[:, :, ks], ref_out, ref_lse, causal=causal, scale=0.3,
+                                      q_segment_ids=seg, k_segment_ids=kseg)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
 
 
 def test_registry():
@@ -202,7 +235,8 @@ def test_optional_backends_fail_clearly_or_conform(monkeypatch):
 @pytest.mark.parametrize("backend,dtype", [("torch", torch.float32), ("torch", torch.bfloat16),
                                            ("flash_attn", torch.bfloat16)])
 def test_cuda_backends_match_cpu_reference(backend, dtype):
-    """fp32 "torch" runs the math path, bf16 "torch" PyTorch's FlashAttention-2 op (asserted, not assumed)."""
+    """fp32 "torch" runs the math path, bf16 "torch" PyTorch's FlashAttention-2 op, per document with segment ids
+    (the route is asserted, not assumed)."""
     if backend == "flash_attn" and importlib.util.find_spec("flash_attn") is None:
         pytest.skip("flash-attn is not installed")
     tol = 1e-4 if dtype == torch.float32 else 3e-2
@@ -214,8 +248,8 @@ def test_cuda_backends_match_cpu_reference(backend, dtype):
         cq, ck, cv, cd = (t.cuda().to(dtype) for t in (q, k, v, dout))
         cs = None if s is None else s.cuda()
         if backend == "torch":
-            want_route = "cuda_flash" if dtype == torch.bfloat16 and s is None else "math"
-            assert TorchBackend._route(cq, cs) == want_route
+            want_route = "math" if dtype == torch.float32 else ("flash" if s is None else "documents")
+            assert TorchBackend._route(cq, cs, cs, causal)[0] == want_route
         out, lse = be.forward(cq, ck, cv, causal=causal, scale=0.125, q_segment_ids=cs, k_segment_ids=cs)
         assert lse.dtype == torch.float32 and lse.shape == q.shape[:3]
         torch.testing.assert_close(out.double().cpu(), ref_out, atol=tol, rtol=0)
