@@ -340,6 +340,10 @@ class FlashAttnBackend:  # pragma: no cover - needs CUDA and the flash-attn pack
     def _check(q) -> None:
         if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
             raise ValueError(f"block backend 'flash_attn' needs fp16/bf16 CUDA tensors, got {q.dtype} on {q.device}")
+        d = q.shape[-1]
+        if d % 8 != 0 or d > 256:
+            # flash-attn would pad such a head dim and hand back padded outputs; refuse rather than mis-slice.
+            raise ValueError(f"block backend 'flash_attn' needs a head dim that is a multiple of 8 up to 256, got {d}")
 
     def forward(self, q, k, v, *, causal, scale, q_segment_ids=None, k_segment_ids=None):
         check_block_inputs(q, k, v, causal, q_segment_ids, k_segment_ids)
