@@ -15,9 +15,10 @@ Contract (shared with the kernels engineer), layout (B, H, S, D) like HF attenti
   is what makes per-block gradients sum to the exact full-attention gradient: P = exp(S - lse_global) and the
   row term D = rowsum(dout * out_global).
 
-Backends: ``math`` (explicit reference, any device, fp64-capable), ``torch`` (PyTorch's CPU flash-attention op,
-or on CUDA its fp16/bf16 FlashAttention-2 op, both with LSE, when there are no segment ids; math otherwise), ``triton`` (``longvila.kernels.flash_attention``, imported
-lazily), ``flash_attn`` (the flash-attn package, only when it imports).
+Backends: ``math`` (explicit reference, any device, fp64-capable), ``torch`` (PyTorch's CPU flash-attention op, or
+on CUDA its fp16/bf16 FlashAttention-2 op, both with LSE; packed documents run one sub-block each; math where
+neither applies), ``triton`` (``longvila.kernels.flash_attention``, imported lazily), ``flash_attn`` (the flash-attn
+package, only when it imports).
 """
 
 from __future__ import annotations

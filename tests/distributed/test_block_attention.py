@@ -170,6 +170,25 @@ def test_torch_backend_routes():
     assert TorchBackend._route(q.to("meta"), None) == ("math", None)  # neither CPU nor CUDA: the explicit path
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_blocks_in_low_precision_match_float64(dtype):
+    """The per-document route in the dtypes training uses, against the float64 reference (GQA, uneven blocks)."""
+    q, k, v, seg = _inputs(hkv=2, s=41, d=16, seed=3)
+    dout = torch.randn_like(q)
+    ref_out, ref_grads = _ref_grads(q, k, v, seg, True, 0.25, dout)
+    be = TorchBackend()
+    lq, lk, lv, ld = (t.to(dtype) for t in (q, k, v, dout))
+    assert be._route(lq, seg, seg, True)[0] == "documents"
+    out, lse = be.forward(lq, lk, lv, causal=True, scale=0.25, q_segment_ids=seg, k_segment_ids=seg)
+    grads = be.backward(ld, lq, lk, lv, out, lse, causal=True, scale=0.25, q_segment_ids=seg, k_segment_ids=seg)
+    out_tol, grad_tol = (2e-6, 8e-6) if dtype == torch.float32 else (3e-2, 6e-2)  # bf16: ~8 bits of mantissa
+    assert out.dtype == dtype and lse.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref_out, atol=out_tol, rtol=0)
+    for got, want in zip(grads, ref_grads):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.double(), want, atol=grad_tol, rtol=0)
+
+
 def test_packed_blocks_never_take_the_quadratic_path(monkeypatch):
     """Packed documents (sorted ids, ring-style uneven key blocks included) run per document on the fused op:
     the math path, which builds (Sq, Sk) scores, is never called, and the result equals the reference."""
