@@ -4,12 +4,15 @@
 # cost the others; logs land in $OUT (the device tool's folder) or ./gpu-out.
 #
 #   bash benchmarks/gpu_session.sh [gpu-tests|bench|tune|kernel-tests|all ...]   (the environment is always logged)
+#
+# With no argument it runs `gpu-tests bench` (at most 7 minutes), which fits a 15-minute device budget with the
+# machine's start and one rerun; `all` adds the compiled kernel suite (up to 5 more minutes).
 set -o pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 PY=${PYTHON:-python3}
-phases=${*:-all}
+phases=${*:-gpu-tests bench}
 
 run_phase() {  # name, seconds, command...
     local name=$1 limit=$2
