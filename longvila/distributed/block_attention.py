@@ -170,14 +170,26 @@ def cuda_flash_forward(q, k, v, *, causal: bool, scale: float):
 def cuda_flash_backward(dout, q, k, v, out, lse, *, causal: bool, scale: float):
     """``aten._scaled_dot_product_flash_attention_backward`` against a given (global) out/LSE.
 
-    Without dropout the op never reads its philox seed/offset, and without cumulative sequence lengths it runs the
-    dense path, so those arguments are empty. ``max_q``/``max_k`` are the block lengths.
+    Without dropout the op never reads its random-number state, and without cumulative sequence lengths it runs
+    the dense path, so those arguments are placeholders. ``max_q``/``max_k`` are the block lengths.
     """
-    no_rng = torch.empty((), dtype=torch.int64, device=q.device)
+    seed, offset = _flash_rng_placeholders(q.device)
     dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_backward(
         dout.to(q.dtype).contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), out.to(q.dtype).contiguous(),
-        lse.float().contiguous(), None, None, q.shape[2], k.shape[2], 0.0, causal, no_rng, no_rng, scale=scale)
+        lse.float().contiguous(), None, None, q.shape[2], k.shape[2], 0.0, causal, seed, offset, scale=scale)
     return dq, dk, dv
+
+
+def _flash_rng_placeholders(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero tensors shaped like the random-number state the flash forward returns in this torch version.
+
+    Ring attention runs each block's backward without that block's forward outputs. The state's shape and dtype
+    changed across torch releases (two int64 scalars, then a (2,) uint64 tensor). The forward's shape function on
+    ``meta`` tensors says which one this torch uses, and costs no device work.
+    """
+    probe = torch.empty(1, 1, 1, 8, device="meta", dtype=torch.float16)
+    res = torch.ops.aten._scaled_dot_product_flash_attention(probe, probe, probe, 0.0, False, False)
+    return tuple(torch.zeros(t.shape, dtype=t.dtype, device=device) for t in res[6:8])
 
 
 def _runs(ids: torch.Tensor) -> dict[int, tuple[int, int]] | None:
