@@ -23,6 +23,7 @@ package, only when it imports).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Protocol
 
@@ -180,12 +181,14 @@ def cuda_flash_backward(dout, q, k, v, out, lse, *, causal: bool, scale: float):
     return dq, dk, dv
 
 
+@functools.lru_cache(maxsize=None)
 def _flash_rng_placeholders(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero tensors shaped like the random-number state the flash forward returns in this torch version.
 
     Ring attention runs each block's backward without that block's forward outputs. The state's shape and dtype
     changed across torch releases (two int64 scalars, then a (2,) uint64 tensor). The forward's shape function on
-    ``meta`` tensors says which one this torch uses, and costs no device work.
+    ``meta`` tensors says which one this torch uses. Built once per device (the backward only reads them), so the
+    per-block backward does no extra dispatch or allocation.
     """
     probe = torch.empty(1, 1, 1, 8, device="meta", dtype=torch.float16)
     res = torch.ops.aten._scaled_dot_product_flash_attention(probe, probe, probe, 0.0, False, False)
@@ -290,10 +293,11 @@ class TorchBackend:
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         for b, row in enumerate(pieces):
             for qs, qe, ks, ke in row:
-                rows, cols = (slice(b, b + 1), slice(None), slice(qs, qe)), (slice(b, b + 1), slice(None), slice(ks, ke))
-                gq, gk, gv = bwd(dout[rows], q[rows], k[cols], v[cols], out[rows], lse[rows], causal=causal,
-                                 scale=scale)
-                dq[rows], dk[cols], dv[cols] = gq, gk, gv
+                q_part = (slice(b, b + 1), slice(None), slice(qs, qe))
+                k_part = (slice(b, b + 1), slice(None), slice(ks, ke))
+                gq, gk, gv = bwd(dout[q_part], q[q_part], k[k_part], v[k_part], out[q_part], lse[q_part],
+                                 causal=causal, scale=scale)
+                dq[q_part], dk[k_part], dv[k_part] = gq, gk, gv
         return dq, dk, dv
 
 
