@@ -16,9 +16,9 @@ Contract (shared with the kernels engineer), layout (B, H, S, D) like HF attenti
   row term D = rowsum(dout * out_global).
 
 Backends: ``math`` (explicit reference, any device, fp64-capable), ``torch`` (PyTorch's CPU flash-attention op, or
-on CUDA its fp16/bf16 FlashAttention-2 op, both with LSE; packed documents run one sub-block each; math where
-neither applies), ``triton`` (``longvila.kernels.flash_attention``, imported lazily), ``flash_attn`` (the flash-attn
-package, only when it imports).
+on CUDA its fp16/bf16 FlashAttention-2 op, both with LSE; math where neither applies), ``triton``
+(``longvila.kernels.flash_attention``, imported lazily, segment ids native), ``flash_attn`` (the flash-attn package,
+only when it imports). ``torch`` and ``flash_attn`` take no mask: packed documents run one sub-block each.
 """
 
 from __future__ import annotations
@@ -224,38 +224,28 @@ def document_pieces(q_segment_ids, k_segment_ids, causal: bool):
     return pieces
 
 
-class TorchBackend:
-    """PyTorch's own flash-attention kernels, which return an LSE, wherever they apply; the math path elsewhere.
+class DocumentSplitBackend:
+    """Shared body of the backends whose fused op takes no mask (libtorch's flash ops, the flash-attn package).
 
-    * CPU: ``aten._scaled_dot_product_flash_attention_for_cpu`` and its ``_backward`` (natural-log LSE, native GQA,
-      exactly SDPA's gradients), any dtype.
-    * CUDA, fp16/bf16: ``aten._scaled_dot_product_flash_attention`` and its ``_backward`` (FlashAttention-2 built
-      into libtorch; O(S) memory, native GQA), see :func:`_uses_cuda_flash`.
-
-    Neither op takes a mask, so segment ids (packed documents) are split into one mask-free sub-block per document
-    (:func:`document_pieces`): the cost is the sum of the documents' squares and no (Sq, Sk) tensor is built.
-    Reading the ids to find the documents is a device sync on CUDA. Ids that are not contiguous runs, and fp32 on
-    CUDA (no LSE-returning flash op), use :class:`MathBackend` (O(S^2) memory per block; use ``triton`` on GPU).
+    Subclasses supply :meth:`_dense_ops`: the op's mask-free forward and backward for these queries, or None where
+    it does not apply. A block without segment ids is one call of the op. A block with segment ids (packed
+    documents) is split into one mask-free sub-block per document (:func:`document_pieces`): the cost is the sum
+    of the documents' squares and no (Sq, Sk) tensor is built. Reading the ids to find the documents is a device
+    sync on CUDA. Ids that are not contiguous runs, and inputs the op does not take, use :class:`MathBackend`.
     """
 
-    name = "torch"
+    name = ""
 
     def __init__(self) -> None:
         self._math = MathBackend()
 
-    @staticmethod
-    def _fast_ops(q):
-        """(forward, backward) of the fused op for these queries' device and dtype, or None."""
-        if q.device.type == "cpu":
-            return cpu_flash_forward, cpu_flash_backward
-        if _uses_cuda_flash(q):
-            return cuda_flash_forward, cuda_flash_backward
-        return None
+    def _dense_ops(self, q):
+        """(forward, backward) of the fused op for these queries, or None to use the math path."""
+        raise NotImplementedError
 
-    @classmethod
-    def _route(cls, q, q_segment_ids, k_segment_ids=None, causal: bool = False):
+    def _route(self, q, q_segment_ids, k_segment_ids=None, causal: bool = False):
         """``(route, pieces)``: route is "flash" (whole block), "documents" (per-document pieces) or "math"."""
-        if cls._fast_ops(q) is None:
+        if self._dense_ops(q) is None:
             return "math", None
         if q_segment_ids is None:
             return "flash", None
@@ -268,7 +258,7 @@ class TorchBackend:
         if route == "math":
             return self._math.forward(q, k, v, causal=causal, scale=scale, q_segment_ids=q_segment_ids,
                                       k_segment_ids=k_segment_ids)
-        fwd, _ = self._fast_ops(q)
+        fwd, _ = self._dense_ops(q)
         if route == "flash":
             return fwd(q, k, v, causal=causal, scale=scale)
         out = torch.zeros_like(q)
@@ -287,7 +277,7 @@ class TorchBackend:
         if route == "math":
             return self._math.backward(dout, q, k, v, out, lse, causal=causal, scale=scale,
                                        q_segment_ids=q_segment_ids, k_segment_ids=k_segment_ids)
-        _, bwd = self._fast_ops(q)
+        _, bwd = self._dense_ops(q)
         if route == "flash":
             return bwd(dout, q, k, v, out, lse, causal=causal, scale=scale)
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
@@ -299,6 +289,28 @@ class TorchBackend:
                                  causal=causal, scale=scale)
                 dq[q_part], dk[k_part], dv[k_part] = gq, gk, gv
         return dq, dk, dv
+
+
+class TorchBackend(DocumentSplitBackend):
+    """PyTorch's own flash-attention kernels, which return an LSE, wherever they apply; the math path elsewhere.
+
+    * CPU: ``aten._scaled_dot_product_flash_attention_for_cpu`` and its ``_backward`` (natural-log LSE, native GQA,
+      exactly SDPA's gradients), any dtype.
+    * CUDA, fp16/bf16: ``aten._scaled_dot_product_flash_attention`` and its ``_backward`` (FlashAttention-2 built
+      into libtorch; O(S) memory, native GQA), see :func:`_uses_cuda_flash`.
+
+    Packed documents run one sub-block each (:class:`DocumentSplitBackend`). fp32 on CUDA (no LSE-returning flash
+    op) uses :class:`MathBackend` (O(S^2) memory per block; use ``triton`` on GPU).
+    """
+
+    name = "torch"
+
+    def _dense_ops(self, q):
+        if q.device.type == "cpu":
+            return cpu_flash_forward, cpu_flash_backward
+        if _uses_cuda_flash(q):
+            return cuda_flash_forward, cuda_flash_backward
+        return None
 
 
 class TritonBackend:
@@ -331,12 +343,14 @@ class TritonBackend:
                          k_segment_ids=k_segment_ids)
 
 
-class FlashAttnBackend:  # pragma: no cover - needs CUDA and the flash-attn package
+class FlashAttnBackend(DocumentSplitBackend):  # the real package needs CUDA; tests drive a CPU stand-in
     """The flash-attn package's internal forward/backward (fp16/bf16 on CUDA, native GQA).
 
-    flash-attn has no segment-id mask, so blocks with segment ids use the math path. Its empty rows are marked with
-    +inf LSE; :func:`normalise_lse` maps them to -inf. Handles the 2.6 (``window_size`` tuple, 8-tuple return) and
-    2.7+ (``window_size_left/right``, 4-tuple return) internal signatures.
+    flash-attn has no segment-id mask, so packed documents run one sub-block each
+    (:class:`DocumentSplitBackend`), as in the ``torch`` backend; only ids that are not contiguous runs use the
+    math path. Its empty rows are marked with +inf LSE; :func:`normalise_lse` maps them to -inf. Handles the 2.6
+    (``window_size`` tuple, 8-tuple return) and 2.7+ (``window_size_left/right``, 4-tuple return) internal
+    signatures. Inputs flash-attn does not take (fp32, CPU, head dims it would pad) are refused, not rerouted.
     """
 
     name = "flash_attn"
@@ -346,28 +360,28 @@ class FlashAttnBackend:  # pragma: no cover - needs CUDA and the flash-attn pack
             from flash_attn import flash_attn_interface as fai
         except ImportError as exc:
             raise RuntimeError(f"block backend 'flash_attn' needs the flash-attn package: {exc}") from exc
+        super().__init__()
         self._fai = fai
-        self._math = MathBackend()
         self._split_window = "window_size_left" in inspect.signature(fai._flash_attn_forward).parameters
 
     def _window(self) -> dict[str, Any]:
         return {"window_size_left": -1, "window_size_right": -1} if self._split_window else {"window_size": (-1, -1)}
 
-    @staticmethod
-    def _check(q) -> None:
-        if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
+    device_type = "cuda"  # the package's kernels are CUDA-only; its tests run a CPU stand-in by setting "cpu"
+
+    def _check(self, q) -> None:
+        if q.device.type != self.device_type or q.dtype not in (torch.float16, torch.bfloat16):
             raise ValueError(f"block backend 'flash_attn' needs fp16/bf16 CUDA tensors, got {q.dtype} on {q.device}")
         d = q.shape[-1]
         if d % 8 != 0 or d > 256:
             # flash-attn would pad such a head dim and hand back padded outputs; refuse rather than mis-slice.
             raise ValueError(f"block backend 'flash_attn' needs a head dim that is a multiple of 8 up to 256, got {d}")
 
-    def forward(self, q, k, v, *, causal, scale, q_segment_ids=None, k_segment_ids=None):
-        check_block_inputs(q, k, v, causal, q_segment_ids, k_segment_ids)
-        if q_segment_ids is not None:
-            return self._math.forward(q, k, v, causal=causal, scale=scale, q_segment_ids=q_segment_ids,
-                                      k_segment_ids=k_segment_ids)
+    def _dense_ops(self, q):
         self._check(q)
+        return self._dense_forward, self._dense_backward
+
+    def _dense_forward(self, q, k, v, *, causal, scale):
         res = self._fai._flash_attn_forward(
             q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous(),
             dropout_p=0.0, softmax_scale=scale, causal=causal, softcap=0.0, alibi_slopes=None,
@@ -375,12 +389,7 @@ class FlashAttnBackend:  # pragma: no cover - needs CUDA and the flash-attn pack
         out, lse = (res[0], res[1]) if len(res) == 4 else (res[0], res[5])
         return out.transpose(1, 2), normalise_lse(lse)
 
-    def backward(self, dout, q, k, v, out, lse, *, causal, scale, q_segment_ids=None, k_segment_ids=None):
-        check_block_inputs(q, k, v, causal, q_segment_ids, k_segment_ids)
-        if q_segment_ids is not None:
-            return self._math.backward(dout, q, k, v, out, lse, causal=causal, scale=scale,
-                                       q_segment_ids=q_segment_ids, k_segment_ids=k_segment_ids)
-        self._check(q)
+    def _dense_backward(self, dout, q, k, v, out, lse, *, causal, scale):
         qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))
         dq, dk, dv = torch.empty_like(qt), torch.empty_like(kt), torch.empty_like(vt)
         self._fai._flash_attn_backward(

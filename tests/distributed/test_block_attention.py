@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from longvila.distributed.block_attention import (
+    FlashAttnBackend,
     MathBackend,
     TorchBackend,
     cuda_flash_backward,
@@ -18,6 +19,7 @@ from longvila.distributed.block_attention import (
 )
 from longvila.distributed.lse import merge_attention
 
+from . import flash_attn_standin
 from .sp_cases import packed_positions, reference_attention
 
 
@@ -159,15 +161,15 @@ def test_cuda_flash_op_binding_on_meta_tensors(hkv, s, d):
 def test_torch_backend_routes():
     q = torch.zeros(1, 2, 6, 8, dtype=torch.bfloat16)
     sorted_ids, scattered = torch.tensor([[1, 1, 2, 2, 2, 3]]), torch.tensor([[1, 2, 1, 2, 2, 3]])
-    assert TorchBackend._route(q, None) == ("flash", None)
-    assert TorchBackend._route(q, sorted_ids, sorted_ids, True) == ("documents", [[(0, 2, 0, 2), (2, 5, 2, 5),
+    assert TorchBackend()._route(q, None) == ("flash", None)
+    assert TorchBackend()._route(q, sorted_ids, sorted_ids, True) == ("documents", [[(0, 2, 0, 2), (2, 5, 2, 5),
                                                                                    (5, 6, 5, 6)]])
-    assert TorchBackend._route(q, scattered, scattered, True) == ("math", None)  # document 1 is not one run
+    assert TorchBackend()._route(q, scattered, scattered, True) == ("math", None)  # document 1 is not one run
     # Causal pieces must sit on the block's diagonal; non-causal ones may pair any ranges of one document.
     shifted = torch.tensor([[1, 2, 2, 2, 3, 3]])
-    assert TorchBackend._route(q, sorted_ids, shifted, True) == ("math", None)
-    assert TorchBackend._route(q, sorted_ids, shifted, False)[1] == [[(0, 2, 0, 1), (2, 5, 1, 4), (5, 6, 4, 6)]]
-    assert TorchBackend._route(q.to("meta"), None) == ("math", None)  # neither CPU nor CUDA: the explicit path
+    assert TorchBackend()._route(q, sorted_ids, shifted, True) == ("math", None)
+    assert TorchBackend()._route(q, sorted_ids, shifted, False)[1] == [[(0, 2, 0, 1), (2, 5, 1, 4), (5, 6, 4, 6)]]
+    assert TorchBackend()._route(q.to("meta"), None) == ("math", None)  # neither CPU nor CUDA: the explicit path
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -214,6 +216,58 @@ def test_packed_blocks_never_take_the_quadratic_path(monkeypatch):
                                       q_segment_ids=seg, k_segment_ids=kseg)
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
+
+
+@pytest.mark.parametrize("version", ["2.6", "2.7"])
+def test_flash_attn_backend_against_float64_on_a_cpu_standin(version, monkeypatch):
+    """The flash_attn backend's own code, on a CPU stand-in of the package's internal API (flash-attn itself is
+    CUDA-only): whole blocks, ring-style uneven key blocks, and packed documents, which must run per document
+    (the math path is refused), in bf16 against the float64 math backend, backward against the given LSE."""
+    flash_attn_standin.install(monkeypatch, version)
+    monkeypatch.setattr(FlashAttnBackend, "device_type", "cpu")
+    be = FlashAttnBackend()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the flash_attn backend fell back to the O(S^2) math path")
+
+    monkeypatch.setattr(be._math, "forward", refuse)
+    monkeypatch.setattr(be._math, "backward", refuse)
+    ref = MathBackend()
+    q, k, v, seg = _inputs(hkv=2, s=29, d=16, seed=5)
+    dout = torch.randn_like(q)
+    for causal, packed, ks in ((True, False, slice(None)), (False, False, slice(7, 23)), (True, True, slice(None)),
+                               (False, True, slice(7, 23))):
+        q_seg, k_seg = (seg, seg[:, ks]) if packed else (None, None)
+        kb, vb = k[:, :, ks], v[:, :, ks]
+        want_out, want_lse = ref.forward(q, kb, vb, causal=causal, scale=0.3, q_segment_ids=q_seg,
+                                         k_segment_ids=k_seg)
+        lq, lk, lv, ld = (t.bfloat16() for t in (q, kb, vb, dout))
+        out, lse = be.forward(lq, lk, lv, causal=causal, scale=0.3, q_segment_ids=q_seg, k_segment_ids=k_seg)
+        assert out.dtype == torch.bfloat16 and lse.dtype == torch.float32 and lse.shape == q.shape[:3]
+        torch.testing.assert_close(out.double(), want_out, atol=3e-2, rtol=0)
+        torch.testing.assert_close(lse.double(), want_lse, atol=3e-2, rtol=0)  # -inf rows must match exactly
+        grads = be.backward(ld, lq, lk, lv, want_out.bfloat16(), want_lse.float(), causal=causal, scale=0.3,
+                            q_segment_ids=q_seg, k_segment_ids=k_seg)
+        wants = ref.backward(dout, q, kb, vb, want_out, want_lse, causal=causal, scale=0.3, q_segment_ids=q_seg,
+                             k_segment_ids=k_seg)
+        for got, want in zip(grads, wants):
+            assert got.shape == want.shape and got.dtype == torch.bfloat16
+            torch.testing.assert_close(got.double(), want, atol=6e-2, rtol=0)
+
+
+def test_flash_attn_backend_refuses_what_the_package_cannot_take(monkeypatch):
+    flash_attn_standin.install(monkeypatch, "2.7")
+    be = FlashAttnBackend()
+    q, k, v, seg = _inputs(hkv=2, s=8, d=16)
+    with pytest.raises(ValueError, match="fp16/bf16 CUDA"):  # CPU tensors, packed or not
+        be.forward(q.bfloat16(), k.bfloat16(), v.bfloat16(), causal=True, scale=0.3, q_segment_ids=seg,
+                   k_segment_ids=seg)
+    monkeypatch.setattr(FlashAttnBackend, "device_type", "cpu")
+    with pytest.raises(ValueError, match="fp16/bf16 CUDA"):
+        be.forward(q.float(), k.float(), v.float(), causal=True, scale=0.3)
+    q, k, v, _ = _inputs(hkv=2, s=8, d=12, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        be.forward(q, k, v, causal=True, scale=0.3)
 
 
 def test_registry():
@@ -268,7 +322,7 @@ def test_cuda_backends_match_cpu_reference(backend, dtype):
         cs = None if s is None else s.cuda()
         if backend == "torch":
             want_route = "math" if dtype == torch.float32 else ("flash" if s is None else "documents")
-            assert TorchBackend._route(cq, cs, cs, causal)[0] == want_route
+            assert TorchBackend()._route(cq, cs, cs, causal)[0] == want_route
         out, lse = be.forward(cq, ck, cv, causal=causal, scale=0.125, q_segment_ids=cs, k_segment_ids=cs)
         assert lse.dtype == torch.float32 and lse.shape == q.shape[:3]
         torch.testing.assert_close(out.double().cpu(), ref_out, atol=tol, rtol=0)
