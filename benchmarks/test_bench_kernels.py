@@ -15,8 +15,6 @@ CPU (interpreter) shapes are tiny and only check that everything runs.
 from __future__ import annotations
 
 import math
-import statistics
-import time
 
 import pytest
 import torch
@@ -28,51 +26,7 @@ from longvila.kernels.lse_merge import lse_merge, lse_merge_reference
 from longvila.kernels.rmsnorm import rms_norm, rms_norm_reference
 from longvila.kernels.rope import apply_rope, apply_rope_reference, rope_cos_sin
 
-ON_GPU = torch.cuda.is_available()
-
-
-def _sync():
-    if ON_GPU:
-        torch.cuda.synchronize()
-
-
-def _median_seconds(fn, rounds, warmup):
-    for _ in range(warmup):
-        fn()
-    _sync()
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        _sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def _run(benchmark, fn, rounds):
-    def timed():
-        fn()
-        _sync()
-
-    benchmark.pedantic(timed, **rounds)
-    if benchmark.stats is None:  # --benchmark-disable: the function ran once, untimed
-        return _median_seconds(fn, 1, 0)
-    return benchmark.stats.stats.median
-
-
-def _sig(x: float) -> float:
-    """Four significant digits (interpreter TFLOPS are tiny; GPU ones are not)."""
-    return float(f"{x:.4g}")
-
-
-def _record(benchmark, ours_s, baseline_s, baseline_name, device_name=None, **extra):
-    benchmark.extra_info.update(
-        device=device_name or (torch.cuda.get_device_name() if ON_GPU else "cpu (triton interpreter)"),
-        baseline=baseline_name,
-        baseline_ms=_sig(baseline_s * 1e3),
-        ratio_vs_baseline=_sig(baseline_s / ours_s),
-        **extra,
-    )
+from bench_timing import ON_GPU, median_seconds, record, run_benchmark, sig
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -107,7 +61,7 @@ def _sdpa_best(q, k, v, mode, rounds):
                 if mode == "fwd_bwd":
                     out.backward(torch.ones_like(out))
         try:
-            seconds = _median_seconds(run, rounds["rounds"], rounds["warmup_rounds"])
+            seconds = median_seconds(run, rounds["rounds"], rounds["warmup_rounds"])
         except RuntimeError:  # backend not available for this dtype/device/shape
             continue
         if best is None or seconds < best[1]:
@@ -131,11 +85,11 @@ def test_attention_triton(benchmark, device, rounds, mode):
     q, k, v = _attn_inputs(device)
     if mode == "fwd":
         q, k, v = (t.detach() for t in (q, k, v))
-    ours = _run(benchmark, _triton_attention(q, k, v, mode), rounds)
+    ours = run_benchmark(benchmark, _triton_attention(q, k, v, mode), rounds)
     name, base = _sdpa_best(q, k, v, mode, rounds)
     flops = _attn_flops(mode)
-    _record(benchmark, ours, base, f"sdpa:{name}", shape=str(tuple(q.shape)), dtype=str(ATTN["dtype"]),
-            causal=True, tflops=_sig(flops / ours / 1e12), baseline_tflops=_sig(flops / base / 1e12))
+    record(benchmark, ours, base, f"sdpa:{name}", shape=str(tuple(q.shape)), dtype=str(ATTN["dtype"]),
+            causal=True, tflops=sig(flops / ours / 1e12), baseline_tflops=sig(flops / base / 1e12))
 
 
 @pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
@@ -147,8 +101,8 @@ def test_attention_sdpa_baseline(benchmark, device, rounds, mode):
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         if mode == "fwd_bwd":
             out.backward(torch.ones_like(out))
-    seconds = _run(benchmark, run, rounds)
-    benchmark.extra_info.update(tflops=_sig(_attn_flops(mode) / seconds / 1e12), backend="sdpa default")
+    seconds = run_benchmark(benchmark, run, rounds)
+    benchmark.extra_info.update(tflops=sig(_attn_flops(mode) / seconds / 1e12), backend="sdpa default")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -189,22 +143,22 @@ def test_torch_block_backend_packed(benchmark, device, rounds):
     torch_backend, math_backend, (q, k, v, seg) = _packed_inputs(device)
     assert torch_backend._route(q, seg, seg, True)[0] == "documents"
     ours_step, base_step = _block_step(torch_backend, q, k, v, seg), _block_step(math_backend, q, k, v, seg)
-    ours = _run(benchmark, ours_step, rounds)
-    base = _median_seconds(base_step, rounds["rounds"], rounds["warmup_rounds"])
+    ours = run_benchmark(benchmark, ours_step, rounds)
+    base = median_seconds(base_step, rounds["rounds"], rounds["warmup_rounds"])
     extra = {"shape": f"{PACKED['hq']}q/{PACKED['hkv']}kv heads x {PACKED['s']} x {PACKED['d']}, "
                       f"{PACKED['docs']} documents", "dtype": str(PACKED["dtype"])}
     if ON_GPU:
         ours_peak, base_peak = _peak_mib(ours_step), _peak_mib(base_step)
-        extra.update(peak_mib=_sig(ours_peak), baseline_peak_mib=_sig(base_peak),
-                     memory_ratio=_sig(base_peak / ours_peak))
-    _record(benchmark, ours, base, "math block backend (explicit masked scores)",
+        extra.update(peak_mib=sig(ours_peak), baseline_peak_mib=sig(base_peak),
+                     memory_ratio=sig(base_peak / ours_peak))
+    record(benchmark, ours, base, "math block backend (explicit masked scores)",
             device_name=None if ON_GPU else "cpu (no interpreter: aten flash op)", **extra)
 
 
 def test_math_block_backend_packed_baseline(benchmark, device, rounds):
     benchmark.group = "block-backend-packed-fwd_bwd"
     _, math_backend, (q, k, v, seg) = _packed_inputs(device)
-    _run(benchmark, _block_step(math_backend, q, k, v, seg), rounds)
+    run_benchmark(benchmark, _block_step(math_backend, q, k, v, seg), rounds)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -223,15 +177,15 @@ def _merge_inputs(device):
 def test_lse_merge_triton(benchmark, device, rounds):
     benchmark.group = "lse-merge"
     args = _merge_inputs(device)
-    ours = _run(benchmark, lambda: lse_merge(*args), rounds)
-    base = _median_seconds(lambda: lse_merge_reference(*args), rounds["rounds"], rounds["warmup_rounds"])
-    _record(benchmark, ours, base, "torch reference", shape=str(MERGE))
+    ours = run_benchmark(benchmark, lambda: lse_merge(*args), rounds)
+    base = median_seconds(lambda: lse_merge_reference(*args), rounds["rounds"], rounds["warmup_rounds"])
+    record(benchmark, ours, base, "torch reference", shape=str(MERGE))
 
 
 def test_lse_merge_torch_baseline(benchmark, device, rounds):
     benchmark.group = "lse-merge"
     args = _merge_inputs(device)
-    _run(benchmark, lambda: lse_merge_reference(*args), rounds)
+    run_benchmark(benchmark, lambda: lse_merge_reference(*args), rounds)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -257,15 +211,15 @@ def _norm_step(fn, x, w):
 def test_rmsnorm_triton(benchmark, device, rounds):
     benchmark.group = "rmsnorm-fwd_bwd"
     x, w = _norm_inputs(device)
-    ours = _run(benchmark, _norm_step(rms_norm, x, w), rounds)
-    base = _median_seconds(_norm_step(rms_norm_reference, x, w), rounds["rounds"], rounds["warmup_rounds"])
-    _record(benchmark, ours, base, "HF Qwen2RMSNorm formula", shape=str(NORM[0]), dtype=str(NORM[1]))
+    ours = run_benchmark(benchmark, _norm_step(rms_norm, x, w), rounds)
+    base = median_seconds(_norm_step(rms_norm_reference, x, w), rounds["rounds"], rounds["warmup_rounds"])
+    record(benchmark, ours, base, "HF Qwen2RMSNorm formula", shape=str(NORM[0]), dtype=str(NORM[1]))
 
 
 def test_rmsnorm_hf_baseline(benchmark, device, rounds):
     benchmark.group = "rmsnorm-fwd_bwd"
     x, w = _norm_inputs(device)
-    _run(benchmark, _norm_step(rms_norm_reference, x, w), rounds)
+    run_benchmark(benchmark, _norm_step(rms_norm_reference, x, w), rounds)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -299,15 +253,15 @@ def _rope_step(fn, q, k, pos):
 def test_rope_triton(benchmark, device, rounds):
     benchmark.group = "rope-fwd_bwd"
     q, k, pos = _rope_inputs(device)
-    ours = _run(benchmark, _rope_step(lambda a, b, p: apply_rope(a, b, p, 1e6), q, k, pos), rounds)
-    base = _median_seconds(_rope_step(_hf_rope, q, k, pos), rounds["rounds"], rounds["warmup_rounds"])
-    _record(benchmark, ours, base, "HF apply_rotary_pos_emb", shape=str(tuple(q.shape)), dtype=str(ROPE["dtype"]))
+    ours = run_benchmark(benchmark, _rope_step(lambda a, b, p: apply_rope(a, b, p, 1e6), q, k, pos), rounds)
+    base = median_seconds(_rope_step(_hf_rope, q, k, pos), rounds["rounds"], rounds["warmup_rounds"])
+    record(benchmark, ours, base, "HF apply_rotary_pos_emb", shape=str(tuple(q.shape)), dtype=str(ROPE["dtype"]))
 
 
 def test_rope_hf_baseline(benchmark, device, rounds):
     benchmark.group = "rope-fwd_bwd"
     q, k, pos = _rope_inputs(device)
-    _run(benchmark, _rope_step(_hf_rope, q, k, pos), rounds)
+    run_benchmark(benchmark, _rope_step(_hf_rope, q, k, pos), rounds)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -354,17 +308,17 @@ def test_fused_linear_ce_triton(benchmark, device, rounds):
     h, w, labels = _ce_inputs(device)
     ours_step = _ce_step(fused_linear_cross_entropy, h, w, labels)
     base_step = _ce_step(_naive_ce, h, w, labels)
-    ours = _run(benchmark, ours_step, rounds)
-    base = _median_seconds(base_step, rounds["rounds"], rounds["warmup_rounds"])
+    ours = run_benchmark(benchmark, ours_step, rounds)
+    base = median_seconds(base_step, rounds["rounds"], rounds["warmup_rounds"])
     extra = {"shape": f"{CE['n']} tokens x {CE['v']} vocab x {CE['h']} hidden", "dtype": str(CE["dtype"])}
     if ON_GPU:
         ours_peak, base_peak = _peak_mib(ours_step), _peak_mib(base_step)
-        extra.update(peak_mib=_sig(ours_peak), baseline_peak_mib=_sig(base_peak),
-                     memory_ratio=_sig(base_peak / ours_peak))
-    _record(benchmark, ours, base, "naive full-logits linear + F.cross_entropy", **extra)
+        extra.update(peak_mib=sig(ours_peak), baseline_peak_mib=sig(base_peak),
+                     memory_ratio=sig(base_peak / ours_peak))
+    record(benchmark, ours, base, "naive full-logits linear + F.cross_entropy", **extra)
 
 
 def test_linear_ce_naive_baseline(benchmark, device, rounds):
     benchmark.group = "linear-ce-fwd_bwd"
     h, w, labels = _ce_inputs(device)
-    _run(benchmark, _ce_step(_naive_ce, h, w, labels), rounds)
+    run_benchmark(benchmark, _ce_step(_naive_ce, h, w, labels), rounds)

@@ -21,11 +21,11 @@ Scoring, ``--scoring teacher_forced`` (default; the PPL-based protocol of LongVA
     :func:`longvila.distributed.sharding.gather_sequence` back into global order.
 
 Scoring, ``--scoring generate``
-    Greedy decoding of up to ``--max_new_tokens`` tokens after the prompt (:func:`greedy_generate`), one full
-    forward per token through the same path (so it runs under SP too; no KV cache, which is fine for short
-    answers). It stops at the tokenizer's EOS or ``<|im_end|>``. The sample is correct when the normalised answer
-    occurs in the normalised generation ("The shape is red." answers "Red."), the usual rule for free-form V-NIAH
-    answers.
+    Greedy decoding of up to ``--max_new_tokens`` tokens after the prompt (:func:`greedy_generate`). Without
+    SP it runs the prompt once and decodes with a KV cache (:mod:`longvila.eval.decode`); under SP it runs one
+    full sharded forward per token through the same path as teacher forcing. It stops at the tokenizer's EOS or
+    ``<|im_end|>``. The sample is correct when the normalised answer occurs in the normalised generation ("The
+    shape is red." answers "Red."), the usual rule for free-form V-NIAH answers.
 
 Parallelism
     :func:`load_runtime` initialises the process group (one process, or torchrun) and calls
@@ -207,14 +207,28 @@ SCORING_RULES = {  # --scoring value -> the rule recorded in the results JSON
 SCORING_MODES = tuple(SCORING_RULES)
 
 
+def uses_kv_cache(layout=None, kv_cache: bool | None = None) -> bool:
+    """Whether generation decodes with a KV cache: by default whenever the sequence is not sharded (SP off)."""
+    sharded = layout is not None and layout.sp.enabled
+    if kv_cache and sharded:
+        raise ValueError("KV-cache decoding runs unsharded; under sequence parallelism use kv_cache=False")
+    return not sharded if kv_cache is None else kv_cache
+
+
 def greedy_generate(model, prompt_ids: torch.Tensor, stop_ids: set[int], max_new_tokens: int, media=None,
-                    layout=None) -> list[int]:
+                    layout=None, kv_cache: bool | None = None) -> list[int]:
     """Greedy continuation of the 1-D ``prompt_ids``, without the stop token.
 
-    Each step appends a placeholder token whose (dummy) label marks the one position to predict, and reads the
-    argmax there through :func:`teacher_forced`: the model's own forward, so media caching and SP sharding apply.
-    Causal attention means the placeholder itself never influences the prediction.
+    Unsharded (the default where SP is off): one prefill and one cached step per token
+    (:func:`longvila.eval.decode.cached_greedy_generate`). Under SP, or with ``kv_cache=False``, each step appends
+    a placeholder token whose (dummy) label marks the one position to predict, and reads the argmax there through
+    :func:`teacher_forced`: the model's own forward, so media caching and SP sharding apply. Causal attention means
+    the placeholder itself never influences the prediction.
     """
+    if uses_kv_cache(layout, kv_cache):
+        from longvila.eval.decode import cached_greedy_generate
+
+        return cached_greedy_generate(model, prompt_ids, stop_ids, max_new_tokens, media=media)
     generated: list[int] = []
     prompt = prompt_ids.tolist()
     for _ in range(max_new_tokens):
@@ -236,7 +250,7 @@ def stop_token_ids(tokenizer) -> set[int]:
 
 
 def score_sample(runtime: "EvalRuntime", ids: torch.Tensor, labels: torch.Tensor, answer: str, scoring: str,
-                 max_new_tokens: int, media=None) -> dict:
+                 max_new_tokens: int, media=None, kv_cache: bool | None = None) -> dict:
     """Score one sample: ``ids``/``labels`` hold prompt + answer with labels on the answer only.
 
     ``teacher_forced``: one forward, the argmax at the answer positions must spell the answer (:func:`score`).
@@ -247,7 +261,7 @@ def score_sample(runtime: "EvalRuntime", ids: torch.Tensor, labels: torch.Tensor
         return score(runtime.tokenizer, result, answer)
     prompt_len = int((labels != IGNORE_INDEX).nonzero()[0])  # the answer follows the prompt
     generated = greedy_generate(runtime.model, ids[:prompt_len], stop_token_ids(runtime.tokenizer),
-                                max_new_tokens, media=media, layout=runtime.layout)
+                                max_new_tokens, media=media, layout=runtime.layout, kv_cache=kv_cache)
     prediction = runtime.tokenizer.decode(generated, skip_special_tokens=True)
     return {
         "answer": answer,
@@ -537,7 +551,9 @@ def base_config(args, runtime: EvalRuntime) -> dict:
         "seed": args.seed,
         "scoring": args.scoring,
         "scoring_rule": SCORING_RULES[args.scoring],
-        **({"max_new_tokens": args.max_new_tokens} if args.scoring == "generate" else {}),
+        **({"max_new_tokens": args.max_new_tokens,
+            "decoding": "kv_cache" if uses_kv_cache(runtime.layout) else "full_forward_per_token"}
+           if args.scoring == "generate" else {}),
     }
 
 

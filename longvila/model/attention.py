@@ -139,7 +139,10 @@ def longvila_attention(
     if dropout:
         raise ValueError(f"longvila attention does not support attention dropout (got {dropout})")
     position_ids = kwargs.pop("position_ids", None)
-    if _router is not None:
+    if _router is not None and query.shape[2] == key.shape[2]:
+        # Only square calls are routed. A KV-cache decode step (fewer queries than cached keys) runs locally:
+        # the routed sequence-parallel and block backends attend over square blocks of a whole sequence, and
+        # cached decoding only runs unsharded.
         return _router(module, query, key, value, scale=scaling, position_ids=position_ids, **kwargs), None
     return local_attention(query, key, value, scale=scaling, position_ids=position_ids), None
 

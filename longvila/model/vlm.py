@@ -202,18 +202,25 @@ class VILAModel(nn.Module):
 
     # ---------------------------------------------------------------- LLM
     def run_backbone(
-        self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, segment_ids: torch.Tensor | None = None
+        self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, segment_ids: torch.Tensor | None = None,
+        past_key_values=None,
     ) -> torch.Tensor:
         """Decoder stack without lm_head. No HF mask: documents come from position_ids in the attention, or from
-        ``segment_ids`` when the sequence is sharded (local positions cannot show where documents start)."""
+        ``segment_ids`` when the sequence is sharded (local positions cannot show where documents start).
+
+        ``past_key_values`` (an HF cache, single unsharded sequence) makes the call extend that cache: greedy
+        decoding runs the prompt once and then one token per call (:mod:`longvila.eval.decode`).
+        """
         decoder = self.llm.get_decoder()
         layer_types = getattr(self.llm.config, "layer_types", None) or ["full_attention"]
         extra = {} if segment_ids is None else {"segment_ids": segment_ids}
+        if past_key_values is not None:
+            extra["past_key_values"] = past_key_values
         out = decoder(
             inputs_embeds=inputs_embeds,
             attention_mask={t: None for t in layer_types},
             position_ids=position_ids,
-            use_cache=False,
+            use_cache=past_key_values is not None,
             **extra,
         )
         return out.last_hidden_state

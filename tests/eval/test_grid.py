@@ -111,24 +111,26 @@ def test_teacher_forced_scoring_on_forced_argmax(tokenizer):
 
 
 def test_greedy_generation_on_forced_argmax(tokenizer):
-    """The "echo" stand-in predicts, at every position, the token already there: greedy decoding therefore repeats
-    the prompt's last token until the cap, or stops at once when that token is a stop token."""
+    """Full-forward decoding (the SP path; the stand-in has no KV cache). The "echo" stand-in predicts, at every
+    position, the token already there: greedy decoding therefore repeats the prompt's last token until the cap, or
+    stops at once when that token is a stop token."""
     from types import SimpleNamespace
 
     prompt = torch.tensor(tokenizer.encode("What colour is the shape? Red", add_special_tokens=False))
     model = ForcedLM(len(tokenizer), "echo")
     last = int(prompt[-1])
-    assert greedy_generate(model, prompt, stop_ids=set(), max_new_tokens=4) == [last] * 4
-    assert greedy_generate(model, prompt, stop_ids={last}, max_new_tokens=4) == []
+    assert greedy_generate(model, prompt, stop_ids=set(), max_new_tokens=4, kv_cache=False) == [last] * 4
+    assert greedy_generate(model, prompt, stop_ids={last}, max_new_tokens=4, kv_cache=False) == []
     assert model.loss_fn is cross_entropy_sum
 
     answer_ids = tokenizer.encode(" Red", add_special_tokens=False)
     ids = torch.tensor(prompt.tolist() + answer_ids)
     labels = torch.tensor([IGNORE_INDEX] * len(prompt) + answer_ids)
     runtime = SimpleNamespace(model=model, tokenizer=tokenizer, layout=None)
-    generated = score_sample(runtime, ids, labels, "red", "generate", max_new_tokens=3)
+    generated = score_sample(runtime, ids, labels, "red", "generate", max_new_tokens=3, kv_cache=False)
     assert generated["generated_tokens"] == 3 and generated["prediction"] == tokenizer.decode([last] * 3)
     assert generated["correct"] == ("red" in generated["prediction"].replace(" ", "").lower())
-    assert score_sample(runtime, ids, labels, "zebra", "generate", max_new_tokens=3)["correct"] is False
+    wrong = score_sample(runtime, ids, labels, "zebra", "generate", max_new_tokens=3, kv_cache=False)
+    assert wrong["correct"] is False
     forced = score_sample(runtime, ids, labels, " Red", "teacher_forced", max_new_tokens=3)
     assert set(forced) >= {"prediction", "correct", "answer_nll"}
