@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from longvila.constants import IGNORE_INDEX, IM_END
+from longvila.model.loss import fp32_logits
 
 logger = logging.getLogger("longvila.eval")
 
@@ -132,7 +133,7 @@ class ArgmaxAtTargets:
 
     def __call__(self, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor):
         keep = labels != IGNORE_INDEX
-        logits = hidden[keep].float() @ weight.float().t()
+        logits = fp32_logits(hidden[keep], weight)
         self.pred = torch.full_like(labels, -1)
         self.nll = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
         if logits.shape[0]:

@@ -38,6 +38,12 @@ def shift_labels(labels: torch.Tensor, position_ids: torch.Tensor | None = None)
     return shifted
 
 
+def fp32_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """LM-head logits of (N, H) ``hidden`` against (V, H) ``weight`` in fp32: the one arithmetic that the reference
+    loss, teacher-forced scoring and cached decoding share, so that their argmaxes agree."""
+    return hidden.float() @ weight.float().t()
+
+
 def cross_entropy_sum(
     hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,6 +57,6 @@ def cross_entropy_sum(
     flat_labels = labels.reshape(-1)
     keep = flat_labels != IGNORE_INDEX
     h = hidden.reshape(-1, hidden.shape[-1])[keep]
-    logits = h.float() @ weight.float().t()
+    logits = fp32_logits(h, weight)
     loss_sum = F.cross_entropy(logits, flat_labels[keep], reduction="sum")
     return loss_sum, keep.sum().to(torch.int64)
