@@ -234,7 +234,7 @@ def test_flash_attn_backend_against_float64_on_a_cpu_standin(version, monkeypatc
     monkeypatch.setattr(be._math, "backward", refuse)
     ref = MathBackend()
     q, k, v, seg = _inputs(hkv=2, s=29, d=16, seed=5)
-    dout = torch.randn_like(q)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(6), dtype=q.dtype)
     for causal, packed, ks in ((True, False, slice(None)), (False, False, slice(7, 23)), (True, True, slice(None)),
                                (False, True, slice(7, 23))):
         q_seg, k_seg = (seg, seg[:, ks]) if packed else (None, None)
@@ -252,7 +252,8 @@ def test_flash_attn_backend_against_float64_on_a_cpu_standin(version, monkeypatc
                              k_segment_ids=k_seg)
         for got, want in zip(grads, wants):
             assert got.shape == want.shape and got.dtype == torch.bfloat16
-            torch.testing.assert_close(got.double(), want, atol=6e-2, rtol=0)
+            # Key gradients here reach |7|, where one bf16 step is 0.03: two bf16 epsilons relative, on top.
+            torch.testing.assert_close(got.double(), want, atol=6e-2, rtol=1.6e-2)
 
 
 def test_flash_attn_backend_refuses_what_the_package_cannot_take(monkeypatch):
