@@ -5,7 +5,7 @@
 Steps (each one a plain console command, printed and timed, so any of them can be rerun by hand):
 
 1. ``longvila vniah`` on the untrained embedded default (chance level) -> ``<out>/untrained/``;
-2. ``longvila pipeline`` (stages 1-5 with the recipes in ``stages/``) -> ``<out>/pipeline/``;
+2. ``longvila pipeline`` (stages 1-5 with the recipes in ``longvila/recipes/``) -> ``<out>/pipeline/``;
 3. ``longvila vniah`` on the stage-5 output -> ``<out>/trained/``;
 4. ``longvila passkey`` on the stage-4 output -> ``<out>/passkey_s4/`` (the context-extension check).
 

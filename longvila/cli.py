@@ -5,6 +5,7 @@
     longvila stages                                             # list the stages and what they train
     longvila vniah --model DIR --output_dir DIR [...]           # V-NIAH heatmap (longvila.eval.vniah)
     longvila passkey --model DIR --output_dir DIR [...]         # passkey retrieval heatmap (longvila.eval.passkey)
+    longvila chat --model DIR [--image F | --video F] "question" # one greedy answer (longvila.chat)
 """
 
 from __future__ import annotations
@@ -27,14 +28,36 @@ def stage_spec(name: str):
     return importlib.import_module(f"longvila.stages.{name}").SPEC
 
 
+START_FLAGS = ("--model_name_or_path", "--vision_tower", "--mm_projector", "--mm_vision_select_layer",
+               "--mm_vision_select_feature", "--chat_template", "--mm_projector_token_order")
+"""Flags that say what the first stage starts from; later stages start from the previous stage's output."""
+
+
+def without_flags(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """``argv`` minus ``--name value`` / ``--name=value`` for each of ``names``."""
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in names:
+            skip = True
+        elif not token.split("=", 1)[0] in names:
+            out.append(token)
+    return out
+
+
 def run_pipeline(output_dir: Path, extra: list[str], stages: tuple[str, ...] = STAGES,
                  init_from: Optional[str] = None) -> list[dict]:
-    """Run the stages in order, each starting from the previous stage's saved checkpoint."""
+    """Run the stages in order, each starting from the previous stage's saved checkpoint.
+
+    The first stage may start from pretrained parts (``--model_name_or_path`` ...); those flags go to it alone.
+    """
     from longvila.stages.common import run_stage
 
     summary, previous = [], init_from
     for name in stages:
-        argv = ["--output_dir", str(output_dir / name), *extra]
+        stage_extra = extra if name == stages[0] else without_flags(extra, START_FLAGS)
+        argv = ["--output_dir", str(output_dir / name), *stage_extra]
         if previous:
             argv += ["--init_from", previous]
         started = time.perf_counter()
@@ -69,10 +92,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     commands.add_parser("stages", help="list the stages")
     commands.add_parser("vniah", help="visual needle-in-a-haystack evaluation", add_help=False)
     commands.add_parser("passkey", help="passkey retrieval evaluation", add_help=False)
+    commands.add_parser("chat", help="answer one question (text, --image or --video) from a checkpoint",
+                        add_help=False)
     args, rest = parser.parse_known_args(argv)
 
-    if args.command in ("vniah", "passkey"):
-        importlib.import_module(f"longvila.eval.{args.command}").main(rest)
+    if args.command in ("vniah", "passkey", "chat"):
+        module = "longvila.chat" if args.command == "chat" else f"longvila.eval.{args.command}"
+        importlib.import_module(module).main(rest)
         return
     try:
         if args.command == "stages":

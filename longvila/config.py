@@ -1,9 +1,9 @@
 """Command-line and recipe arguments for every stage.
 
 Flags follow HF ``TrainingArguments`` names (``--output_dir``, ``--max_steps`` ...) and VILA's names for
-sequence parallelism, because those are what our users already type. A stage's YAML recipe in ``stages/``
-supplies defaults; flags on the command line override them. Everything is validated *before* any model is
-built, so a bad configuration costs one line of output, not a minute of loading.
+sequence parallelism, because those are what our users already type. A stage's YAML recipe (packaged in
+:mod:`longvila.recipes`) supplies defaults; flags on the command line override them. Everything is validated
+*before* any model is built, so a bad configuration costs one line of output, not a minute of loading.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from typing import Optional
 import yaml
 from transformers import HfArgumentParser
 
-RECIPE_DIR = Path(__file__).resolve().parent.parent / "stages"
-"""Top-level ``stages/`` folder of the repository: one YAML recipe per stage plus DeepSpeed configs."""
+from longvila.recipes import deepspeed_config_path, recipe_path as packaged_recipe_path
 
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr")
 RING_TYPES = ("zigzag_ring", "ring")
@@ -33,8 +32,32 @@ class ConfigError(ValueError):
 class ModelArguments:
     init_from: Optional[str] = field(
         default=None,
-        metadata={"help": "VILA-layout checkpoint folder to start from (any stage's output). "
-                          "Default: the embedded tiny model."},
+        metadata={"help": "VILA-layout checkpoint folder to start from (any stage's output or a released VILA/"
+                          "LongVILA checkpoint). Default: the embedded tiny model."},
+    )
+    model_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "HF causal LM folder (Qwen2/Llama) to start from, with --vision_tower and a fresh "
+                          "--mm_projector (VILA's stage-1 start)."},
+    )
+    vision_tower: Optional[str] = field(
+        default=None, metadata={"help": "HF SigLIP folder (SiglipVisionModel or a full SiglipModel)."}
+    )
+    mm_projector: str = field(
+        default="mlp_downsample",
+        metadata={"help": "Projector type for a fresh projector: linear | mlp{N}x_gelu | mlp_downsample | "
+                          "mlp_downsample_2x2_fix | mlp_downsample_3x3_fix."},
+    )
+    mm_vision_select_layer: int = field(default=-2, metadata={"help": "SigLIP hidden state the projector reads."})
+    mm_vision_select_feature: str = field(default="cls_patch", metadata={"help": "cls_patch (SigLIP: all tokens)."})
+    chat_template: Optional[str] = field(
+        default=None, metadata={"help": "qwen2 | llama3: chat template for an LLM folder whose tokenizer has none."}
+    )
+    mm_projector_token_order: Optional[str] = field(
+        default=None,
+        metadata={"help": "row_major (VILA since Dec 2024) | column_major (mlp_downsample checkpoints from 2024: "
+                          "VILA1.5, LongVILA-8B). Default: what the checkpoint's mm_projector/config.json says, "
+                          "else row_major."},
     )
     rope_theta: Optional[float] = field(
         default=None, metadata={"help": "New RoPE base written into llm/config.json (stage 4)."}
@@ -54,8 +77,13 @@ class ModelArguments:
 class DataArguments:
     data_path: Optional[str] = field(
         default=None,
-        metadata={"help": "LLaVA-style JSON/JSONL (stages 1-3, 5) or long-text JSONL (stage 4). "
-                          "Default: synthetic data generated under --data_dir."},
+        metadata={"help": "LLaVA-style JSON/JSONL (stages 1-3, 5) or long-text JSONL (stage 4); a comma list "
+                          "trains on all of them, one pass each. Default: synthetic data generated under --data_dir."},
+    )
+    data_mixture: Optional[str] = field(
+        default=None,
+        metadata={"help": "YAML listing the stage's datasets with path, weight (passes per epoch), media_root, name "
+                          "(see longvila/data/mixture_spec.py); instead of --data_path."},
     )
     media_root: Optional[str] = field(default=None, metadata={"help": "Folder that media paths are relative to."})
     data_dir: Optional[str] = field(
@@ -78,7 +106,7 @@ class TrainArguments:
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
     deepspeed: Optional[str] = field(
-        default=None, metadata={"help": "DeepSpeed JSON; default stages/zero2.json (ZeRO-2)."}
+        default=None, metadata={"help": "DeepSpeed JSON file or packaged name (zero2, zero3); default zero2."}
     )
     bf16: Optional[bool] = field(default=None, metadata={"help": "bf16 training; default: on with CUDA, off on CPU."})
     seed: int = 42
@@ -145,18 +173,28 @@ def _split_recipe_flag(argv: list[str]) -> tuple[Optional[str], list[str]]:
 
 
 def parse_stage_args(stage: str, argv: Optional[list[str]] = None) -> StageArguments:
-    """Parse a stage's flags on top of its recipe (``stages/<stage>.yaml`` unless ``--recipe`` names another)."""
+    """Parse a stage's flags on top of its recipe (the packaged ``<stage>.yaml`` unless ``--recipe`` names a file).
+
+    A stage whose own recipe is missing is an error: running without it would silently drop e.g. stage 4's
+    ``rope_theta`` and ``model_max_length``.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     recipe_flag, argv = _split_recipe_flag(argv)
-    recipe_path = Path(recipe_flag) if recipe_flag else RECIPE_DIR / f"{stage}.yaml"
-    defaults = load_recipe(recipe_path) if (recipe_flag or recipe_path.is_file()) else {}
+    if recipe_flag:
+        recipe_path = Path(recipe_flag)
+    else:
+        try:
+            recipe_path = packaged_recipe_path(stage)
+        except FileNotFoundError as error:
+            raise ConfigError(str(error)) from None
+    defaults = load_recipe(recipe_path)
     parser = OneLineArgumentParser((ModelArguments, DataArguments, TrainArguments), prog=f"longvila.stages.{stage}",
                                   allow_abbrev=False)
     parser.set_defaults(**defaults)
     model, data, train, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if unknown:
         raise ConfigError(f"unrecognized arguments: {' '.join(unknown)}")
-    args = StageArguments(model=model, data=data, train=train, recipe=recipe_path if defaults else None)
+    args = StageArguments(model=model, data=data, train=train, recipe=recipe_path)
     validate(args)
     return args
 
@@ -190,14 +228,48 @@ def validate(args: StageArguments) -> None:
         (m.attn_backend not in ATTN_BACKENDS,
          f"--attn_backend must be one of {', '.join(ATTN_BACKENDS)}, got {m.attn_backend!r}"),
         (m.lora_r < 1, f"--lora_r must be >= 1, got {m.lora_r}"),
-        (t.deepspeed is not None and not Path(t.deepspeed).is_file(), f"--deepspeed file not found: {t.deepspeed}"),
-        (d.data_path is not None and not Path(d.data_path).exists(), f"--data_path not found: {d.data_path}"),
-        (m.init_from is not None and not (Path(m.init_from) / "config.json").is_file(),
-         f"--init_from {m.init_from} is not a checkpoint folder (no config.json)"),
+        (m.init_from is not None and m.model_name_or_path is not None,
+         "--init_from (a VILA checkpoint) and --model_name_or_path (an HF LLM) are alternatives: give one"),
+        ((m.model_name_or_path is None) != (m.vision_tower is None),
+         "--model_name_or_path and --vision_tower go together (VILA's stage-1 start from parts)"),
     ]
     for failed, message in checks:
         if failed:
             raise ConfigError(message)
+    _validate_model_folders(m)
+    try:
+        deepspeed_config_path(t.deepspeed)
+    except FileNotFoundError as error:
+        raise ConfigError(str(error)) from None
+    _validate_data_sources(d)
+
+
+def _validate_model_folders(m: ModelArguments) -> None:
+    """Each folder flag gets the kind of folder it names, or one line that says which flag that folder needs."""
+    from longvila.model.folders import require_kind
+    from longvila.model.projector import TOKEN_ORDERS, MultimodalProjectorConfig
+
+    if m.mm_projector_token_order not in (None, *TOKEN_ORDERS):
+        raise ConfigError(f"--mm_projector_token_order must be one of {', '.join(TOKEN_ORDERS)}, "
+                          f"got {m.mm_projector_token_order!r}")
+    try:
+        for path, kind, flag in ((m.init_from, "vila", "--init_from"), (m.model_name_or_path, "llm",
+                                 "--model_name_or_path"), (m.vision_tower, "siglip", "--vision_tower")):
+            if path is not None:
+                require_kind(path, kind, flag)
+        MultimodalProjectorConfig(m.mm_projector)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+
+
+def _validate_data_sources(d: DataArguments) -> None:
+    """--data_path / --data_mixture name readable files, a well-formed mixture, distinct source names."""
+    from longvila.data.mixture_spec import data_sources
+
+    try:
+        data_sources(d.data_path, d.data_mixture, d.media_root)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def validate_world(args: StageArguments, world_size: int) -> None:

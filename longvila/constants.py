@@ -5,7 +5,11 @@ IGNORE_INDEX = -100
 
 IMAGE_TOKEN = "<image>"
 VIDEO_TOKEN = "<video>"
-MEDIA_TOKENS = (IMAGE_TOKEN, VIDEO_TOKEN)
+VILA_VIDEO_TOKEN = "<vila/video>"
+"""VILA's own video placeholder (``llava/constants.py``); ``<video>`` is accepted as its alias in text."""
+SENTINEL_TOKEN = "<vila/sentinel>"
+VIDEO_TOKENS = (VILA_VIDEO_TOKEN, VIDEO_TOKEN)
+MEDIA_TOKENS = (IMAGE_TOKEN, *VIDEO_TOKENS)
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"

@@ -16,7 +16,7 @@ def test_recipe_defaults_and_flag_override(tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--seq_parallel_size", "4", "--seq_parallel_ring_size", "3"], "not divisible by --seq_parallel_ring_size"),
     (["--lr_scheduler_type", "bogus"], "--lr_scheduler_type must be one of"),
-    (["--init_from", "/nonexistent"], "is not a checkpoint folder"),
+    (["--init_from", "/nonexistent"], "--init_from /nonexistent: no config.json there; expected a VILA-layout checkpoint"),
     (["--seq_parallel_ring_type", "spiral"], "--seq_parallel_ring_type must be one of"),
     (["--max_steps", "0"], "--max_steps must be positive"),
 ])

@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from longvila.constants import DEFAULT_SYSTEM, IGNORE_INDEX, IMAGE_TOKEN, VIDEO_TOKEN
+from longvila.constants import DEFAULT_SYSTEM, IGNORE_INDEX, IMAGE_TOKEN, VIDEO_TOKENS
 from longvila.data.errors import MediaError
 from longvila.data.image import load_image
 from longvila.data.records import read_records
-from longvila.data.template import encode_conversation, normalize_turns, special_token_id
+from longvila.data.template import encode_conversation, normalize_turns, special_token_id, video_token_id
 from longvila.data.video import load_video
 
 logger = logging.getLogger(__name__)
@@ -62,8 +62,9 @@ def validate_record(obj) -> dict:
     videos = _as_path_list(obj.get("video", obj.get("videos")), "video")
 
     prefix = ""
-    for token, files in ((IMAGE_TOKEN, images), (VIDEO_TOKEN, videos)):
-        count = sum(text.count(token) for _, text in turns)
+    for spellings, files in (((IMAGE_TOKEN,), images), (VIDEO_TOKENS, videos)):
+        token = spellings[-1]
+        count = sum(text.count(spelling) for _, text in turns for spelling in spellings)
         if count == 0:
             prefix += f"{token}\n" * len(files)
         elif count != len(files):
@@ -119,7 +120,7 @@ class ConversationDataset(Dataset):
         self.model_max_length = model_max_length
         self.system = system
         self.image_token_id = special_token_id(tokenizer, IMAGE_TOKEN)
-        self.video_token_id = special_token_id(tokenizer, VIDEO_TOKEN)
+        self.video_token_id = video_token_id(tokenizer)
         self.placeholder_cost = {  # sequence positions each placeholder becomes once the model expands it
             self.image_token_id: tokens_per_frame or 1,
             self.video_token_id: num_video_frames * (tokens_per_frame + 1) if tokens_per_frame else 1,

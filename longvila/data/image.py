@@ -8,7 +8,7 @@ from PIL import Image
 
 from longvila.data.errors import MediaError
 
-__all__ = ["MediaError", "load_image"]
+__all__ = ["MediaError", "load_image", "pixel_values"]
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
@@ -26,3 +26,15 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             return img.convert("RGB")
     except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
         raise MediaError(f"cannot decode image {path}: {e}") from e
+
+
+def pixel_values(image_processor, images):
+    """(N, 3, H, W) float32 pixels of N PIL images or uint8 (H, W, 3) frames, through the HF image processor.
+
+    The one preprocessing call the frame encoder's inputs go through, so evaluation (V-NIAH) and ``longvila chat``
+    feed the model exactly what training does.
+    """
+    import torch
+
+    out = image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+    return torch.as_tensor(out, dtype=torch.float32)

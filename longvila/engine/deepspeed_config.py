@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
-from longvila.config import RECIPE_DIR, TrainArguments
-
-DEFAULT_DEEPSPEED = RECIPE_DIR / "zero2.json"
+from longvila.config import TrainArguments
+from longvila.recipes import deepspeed_config_path
 
 
 def build_deepspeed_config(train: TrainArguments, world_size: int, bf16: bool) -> dict[str, Any]:
-    """Resolve "auto" entries so the JSON and the flags can never disagree about batch size or precision."""
-    path = Path(train.deepspeed) if train.deepspeed else DEFAULT_DEEPSPEED
+    """Resolve "auto" entries so the JSON and the flags can never disagree about batch size or precision.
+
+    ``train.deepspeed`` is a file or a packaged name (``zero3``); unset means the packaged ZeRO-2 config.
+    """
+    path = deepspeed_config_path(train.deepspeed)
     config = json.loads(path.read_text())
     resolved = {
         "train_micro_batch_size_per_gpu": train.per_device_train_batch_size,

@@ -52,6 +52,9 @@ class MetricsLogger:
         for key, value in record.items():
             if key != "step" and isinstance(value, (int, float)):
                 self._writer.add_scalar(f"train/{key}", value, record["step"])
+            elif isinstance(value, dict):  # e.g. samples_per_source: one curve per source
+                for sub, number in value.items():
+                    self._writer.add_scalar(f"train/{key}/{sub}", number, record["step"])
 
     def close(self) -> None:
         if self._writer is not None:

@@ -44,6 +44,16 @@ def move_to_device(batch: dict[str, Any], device: torch.device, float_dtype: tor
     return {key: move(value) for key, value in batch.items()}
 
 
+def uses_bf16(train: TrainArguments, device: torch.device) -> bool:
+    """bf16 on CUDA unless --bf16 says otherwise; fp32 on CPU (where bf16 matmuls are slow and inexact)."""
+    return device.type == "cuda" if train.bf16 is None else bool(train.bf16)
+
+
+def training_dtype(train: TrainArguments, device: torch.device) -> torch.dtype:
+    """The dtype weights are loaded in: the training dtype, so a bf16 run never holds an fp32 copy."""
+    return torch.bfloat16 if uses_bf16(train, device) else torch.float32
+
+
 @dataclass
 class StepResult:
     loss: float
@@ -72,8 +82,8 @@ class Trainer:
         self.total_steps = total_steps
         self.dp_group = dp_group
         self.output_dir = Path(train.output_dir)
-        self.bf16 = env.device.type == "cuda" if train.bf16 is None else train.bf16
-        self.dtype = torch.bfloat16 if self.bf16 else torch.float32
+        self.bf16 = uses_bf16(train, env.device)
+        self.dtype = training_dtype(train, env.device)
         model.to(device=env.device, dtype=self.dtype)
         trainable = [p for p in model.parameters() if p.requires_grad]
         if not trainable:
@@ -163,6 +173,22 @@ class Trainer:
         self.step += 1
         return StepResult(loss_sum_total / max(global_count, 1.0), int(global_count), int(positions))
 
+    def _source_counts(self) -> dict[str, dict[str, int]]:
+        """Cumulative per-source counts of a mixture, summed once per DP replica (SP ranks read the same samples).
+
+        ``samples_per_source``: samples trained on since the run began (resumes continue the count), so its sum is
+        steps x GAS x batch x DP; ``skipped_per_source``: bad samples drawn and skipped, malformed records included,
+        summing to ``skipped_samples``. Empty for a single dataset.
+        """
+        stream = self.stream
+        names = stream.sources
+        if not names:
+            return {}
+        local = [stream.samples_per_source[n] for n in names] + [stream.skipped_per_source[n] for n in names]
+        total = [int(value) for value in self._all_reduce([float(v) for v in local], group=self.dp_group)]
+        return {"samples_per_source": dict(zip(names, total[: len(names)])),
+                "skipped_per_source": dict(zip(names, total[len(names):]))}
+
     def train(self, resume_from: Optional[str] = None) -> list[dict[str, Any]]:
         resume_path = self.resolve_resume(resume_from)
         if resume_path is not None:
@@ -177,7 +203,7 @@ class Trainer:
                 result = self.train_step()
                 elapsed = time.perf_counter() - started
                 grad_norm = self.engine.get_global_grad_norm()
-                (skipped,) = self._all_reduce([float(self.stream.num_skipped)])
+                (skipped,) = self._all_reduce([float(self.stream.num_skipped)], group=self.dp_group)
                 record = {
                     "step": self.step,
                     "loss": result.loss,
@@ -189,6 +215,7 @@ class Trainer:
                     "skipped_samples": int(skipped),
                     "epoch": self.stream.epoch,
                 }
+                record.update(self._source_counts())
                 history.append(record)
                 if self.step % self.train_args.logging_steps == 0 or self.step == self.total_steps:
                     logger.log(record)

@@ -52,6 +52,7 @@ import torch
 from PIL import Image
 
 from longvila.constants import DEFAULT_SYSTEM, IGNORE_INDEX, VIDEO_TOKEN
+from longvila.data.image import pixel_values
 from longvila.eval.grid import (
     EvalConfig,
     EvalError,
@@ -209,14 +210,9 @@ def write_synthetic_haystack(path, num_frames: int, fps: float, grey: int = SYNT
     return path
 
 
-def _pixels(image_processor, images) -> torch.Tensor:
-    out = image_processor(images=list(images), return_tensors="pt")["pixel_values"]
-    return torch.as_tensor(out, dtype=torch.float32)
-
-
 def encode_images(runtime: EvalRuntime, images) -> torch.Tensor:
     """(N, T, H) projected features of PIL images / uint8 arrays through ``model.frame_encoder``."""
-    pixels = _pixels(runtime.image_processor, images).to(runtime.device, runtime.dtype)
+    pixels = pixel_values(runtime.image_processor, images).to(runtime.device, runtime.dtype)
     with torch.no_grad():
         return runtime.model.frame_encoder(pixels)
 

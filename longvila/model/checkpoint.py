@@ -13,10 +13,13 @@ from pathlib import Path
 
 import torch
 
-from longvila.constants import IMAGE_TOKEN, VIDEO_TOKEN
+from longvila.constants import IMAGE_TOKEN, VILA_VIDEO_TOKEN
+from longvila.data.template import video_token_id
 from longvila.model.lora import has_lora
 from longvila.model.projector import MultimodalProjector
 from longvila.model.tokenizer import single_token_id
+from longvila.model.tokenizer_files import write_vila_tokenizer_files
+from longvila.model.vila_features import check_supported
 from longvila.model.vlm import MediaTokenIds, VILAModel
 
 LLM_DIR, VISION_DIR, PROJECTOR_DIR = "llm", "vision_tower", "mm_projector"
@@ -81,15 +84,25 @@ def _write_legacy_vision_keys(vision_dir: Path) -> None:
         index.write_text(json.dumps(raw, indent=2) + "\n")
 
 
-def vila_config(model: VILAModel, **config_updates) -> dict:
-    """Top-level VILA config.json, regenerated from the live modules so nested configs never go stale."""
+STALE_PATH_KEYS = ("resume_path", "_name_or_path")
+"""Top-level keys that name the folder a config lives in: rewritten on every save, never carried over."""
+
+
+def vila_config(model: VILAModel, out_dir: str | os.PathLike | None = None, **config_updates) -> dict:
+    """Top-level VILA config.json, regenerated from the live modules so nested configs never go stale.
+
+    ``resume_path`` (VILA's training loader needs it non-null) and ``_name_or_path`` name ``out_dir``.
+    """
     llm_cfg = {**_json_config(model.llm.config), "_name_or_path": f"./{LLM_DIR}"}
     vision_cfg = {**_json_config(model.vision_tower.config), "_name_or_path": f"./{VISION_DIR}"}
     for cfg in (llm_cfg, vision_cfg):
         for k in _RUNTIME_ONLY_KEYS:
             cfg.pop(k, None)
     dtype = next(model.llm.parameters()).dtype
-    cfg = {k: v for k, v in model.config.items() if k not in ("llm_cfg", "vision_tower_cfg", "mm_projector_cfg")}
+    skip = ("llm_cfg", "vision_tower_cfg", "mm_projector_cfg", *STALE_PATH_KEYS)
+    cfg = {k: v for k, v in model.config.items() if k not in skip}
+    if out_dir is not None:
+        cfg.update(resume_path=str(Path(out_dir).resolve()), _name_or_path=str(Path(out_dir).resolve()))
     cfg.update(
         architectures=["LlavaLlamaModel"],
         model_type="llava_llama",
@@ -120,54 +133,83 @@ def save_vila(model: VILAModel, tokenizer, image_processor, out_dir: str | os.Pa
     _strip_runtime_keys(out / LLM_DIR / "config.json")
     _write_legacy_rope_keys(out / LLM_DIR / "config.json")
     tokenizer.save_pretrained(out / LLM_DIR)
+    write_vila_tokenizer_files(tokenizer, out / LLM_DIR, source_dir=getattr(tokenizer, "name_or_path", None))
     model.vision_tower.save_pretrained(out / VISION_DIR)
     _strip_runtime_keys(out / VISION_DIR / "config.json")
     _write_legacy_vision_keys(out / VISION_DIR)
     image_processor.save_pretrained(out / VISION_DIR)
     model.mm_projector.save_pretrained(out / PROJECTOR_DIR)
-    cfg = vila_config(model, **config_updates)
+    cfg = vila_config(model, out, **config_updates)
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     return out
 
 
 def ensure_media_tokens(tokenizer) -> None:
-    """Add ``<image>``/``<video>`` as special tokens when missing, as VILA does at load time.
+    """Add ``<image>`` and a video placeholder (VILA's ``<vila/video>``) when missing, as VILA does at load time.
 
     No embedding resize is needed: placeholders are replaced by media features and never embedded.
     """
-    for token in (IMAGE_TOKEN, VIDEO_TOKEN):
-        try:
-            single_token_id(tokenizer, token)
-        except ValueError:
-            tokenizer.add_tokens([token], special_tokens=True)
+    try:
+        single_token_id(tokenizer, IMAGE_TOKEN)
+    except ValueError:
+        tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
+    try:
+        video_token_id(tokenizer)
+    except ValueError:
+        tokenizer.add_tokens([VILA_VIDEO_TOKEN], special_tokens=True)
 
 
-def load_vila(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
-    """Load a VILA-layout folder -> (VILAModel, tokenizer, image_processor); ours and released ones alike."""
-    from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer, SiglipVisionModel
+def load_llm(path: str | os.PathLike, dtype: torch.dtype):
+    """HF causal LM and its tokenizer (media placeholders added when missing), loaded straight in ``dtype``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    llm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="right")
+    ensure_media_tokens(tokenizer)
+    return llm, tokenizer
+
+
+def load_vision_tower(path: str | os.PathLike, dtype: torch.dtype):
+    """SigLIP vision tower and its image processor from a SiglipVisionModel *or* a full SiglipModel folder.
+
+    A full SiglipModel (siglip-so400m-patch14-384 as released) keeps the vision weights under ``vision_model.``
+    and its vision config under ``vision_config``; ``SiglipVisionModel.from_pretrained`` reads both forms.
+    """
+    from transformers import AutoImageProcessor, SiglipVisionModel
+
+    vision_tower = SiglipVisionModel.from_pretrained(path, dtype=dtype)
+    image_processor = AutoImageProcessor.from_pretrained(path, backend="pil")
+    return vision_tower, image_processor
+
+
+def load_vila(path: str | os.PathLike, dtype: torch.dtype = torch.float32, token_order: str | None = None,
+              flag: str = "--init_from"):
+    """Load a VILA-layout folder -> (VILAModel, tokenizer, image_processor); ours and released ones alike.
+
+    ``token_order`` overrides the projector's merged-token order (``column_major`` for 2024 ``mlp_downsample``
+    checkpoints; see ``longvila.model.projector``). ``flag`` is the option errors name for ``path``.
+    """
+    from longvila.model.folders import require_kind
 
     root = Path(path)
-    cfg_file = root / "config.json"
-    if not cfg_file.is_file():
-        raise ValueError(f"{root} is not a VILA checkpoint: no config.json")
-    cfg = json.loads(cfg_file.read_text())
+    require_kind(root, "vila", flag)
+    cfg = json.loads((root / "config.json").read_text())
     for key, sub in (("llm_cfg", LLM_DIR), ("vision_tower_cfg", VISION_DIR), ("mm_projector_cfg", PROJECTOR_DIR)):
         if key not in cfg or not (root / sub).is_dir():
             raise ValueError(f"{root} is not a VILA checkpoint: needs {key!r} in config.json and a {sub}/ folder")
+    check_supported(cfg, root)
     vision_type = json.loads((root / VISION_DIR / "config.json").read_text()).get("model_type")
     if vision_type not in ("siglip_vision_model", "siglip"):
         raise ValueError(f"vision tower model_type {vision_type!r} unsupported; only SigLIP towers are")
 
-    llm = AutoModelForCausalLM.from_pretrained(root / LLM_DIR, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(root / LLM_DIR, padding_side="right")
-    ensure_media_tokens(tokenizer)
-    vision_tower = SiglipVisionModel.from_pretrained(root / VISION_DIR, dtype=dtype)
-    image_processor = AutoImageProcessor.from_pretrained(root / VISION_DIR, backend="pil")
+    llm, tokenizer = load_llm(root / LLM_DIR, dtype)
+    vision_tower, image_processor = load_vision_tower(root / VISION_DIR, dtype)
     projector = MultimodalProjector.from_pretrained(
         root / PROJECTOR_DIR,
         mm_hidden_size=cfg.get("mm_hidden_size", vision_tower.config.hidden_size),
         hidden_size=cfg.get("hidden_size", llm.config.hidden_size),
         dtype=dtype,
+        token_order=token_order,
     )
     model = VILAModel(llm, vision_tower, projector, MediaTokenIds.from_tokenizer(tokenizer), config=cfg)
     return model, tokenizer, image_processor

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -38,6 +39,17 @@ QWEN2_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '" + IM_START + "assistant\\n' }}{% endif %}"
 )
 """Qwen2's chat format (DESIGN): system turn inserted when the conversation has none."""
+
+LLAMA3_CHAT_TEMPLATE = (
+    "{{ '<|begin_of_text|>' }}"
+    "{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+"""Llama-3 Instruct's chat format, for LLM folders that ship without a chat template."""
+
+CHAT_TEMPLATES = {"qwen2": QWEN2_CHAT_TEMPLATE, "llama3": LLAMA3_CHAT_TEMPLATE}
 
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
 SHAPES = ("circle", "square", "triangle", "star")
@@ -223,6 +235,8 @@ def train_tokenizer(out_dir: str | os.PathLike, vocab_size: int = 2000, seed: in
             )
         tok.chat_template = QWEN2_CHAT_TEMPLATE
         tok.save_pretrained(out)
+        if kind == "llama":  # the sentencepiece model itself, for slow (transformers 4.x / VILA) loading
+            shutil.copyfile(Path(tmp) / "tokenizer.model", out / "tokenizer.model")
     reloaded = AutoTokenizer.from_pretrained(out)
     check_tokenizer(reloaded)
     return reloaded

@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from longvila.constants import IGNORE_INDEX, IMAGE_TOKEN, VIDEO_TOKEN
+from longvila.constants import IGNORE_INDEX, IMAGE_TOKEN
+from longvila.data.template import video_token_id
 from longvila.model.attention import ATTN_IMPLEMENTATION
 from longvila.model.loss import LossOutput, cross_entropy_sum, shift_labels
 from longvila.model.tokenizer import newline_token_id, single_token_id
@@ -45,7 +46,7 @@ class MediaTokenIds:
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> "MediaTokenIds":
-        image, video = single_token_id(tokenizer, IMAGE_TOKEN), single_token_id(tokenizer, VIDEO_TOKEN)
+        image, video = single_token_id(tokenizer, IMAGE_TOKEN), video_token_id(tokenizer)
         return cls(image, video, newline_token_id(tokenizer))
 
 

@@ -54,31 +54,49 @@ def _setup_logging(rank: int) -> None:
 
 
 def _build_dataset(spec: StageSpec, args: StageArguments, tokenizer, image_processor, env, tokens_per_frame: int):
+    """One dataset for a single ``--data_path``; a MixtureDataset for a comma list or a ``--data_mixture``."""
+    from longvila.data.mixture import MixtureDataset
+    from longvila.data.mixture_spec import SourceSpec, data_sources
     from longvila.data.synthetic import ensure_synthetic_data
+    from longvila.engine.data_stream import DataError
 
-    data_path = args.data.data_path
-    if data_path is None:
+    try:
+        sources = data_sources(args.data.data_path, args.data.data_mixture, args.data.media_root)
+    except ValueError as error:  # checked when the flags were parsed; a file may have gone since
+        raise ConfigError(str(error)) from None
+    if not sources:
         data_dir = Path(args.data.data_dir or Path(args.train.output_dir).resolve().parent / "data")
         if env.is_main:
             ensure_synthetic_data(spec.name, data_dir)
         dist.barrier()
-        data_path = ensure_synthetic_data(spec.name, data_dir)
-    from longvila.engine.data_stream import DataError
+        data_path = Path(ensure_synthetic_data(spec.name, data_dir))
+        sources = [SourceSpec(data_path.stem, data_path, 1.0, args.data.media_root)]
+    datasets = {}
+    for source in sources:
+        try:
+            datasets[source.name] = _load_source(spec, args, source, tokenizer, image_processor, tokens_per_frame)
+        except ValueError as error:  # empty file, every record malformed, ...: one line for the user
+            raise DataError(str(error) if len(sources) == 1 else f"dataset {source.name}: {error}") from error
+    if len(sources) == 1 and args.data.data_mixture is None:
+        return datasets[sources[0].name]
+    mixture = MixtureDataset(datasets, {source.name: source.weight for source in sources}, seed=args.train.seed)
+    logger.info("data mixture, %d draws per epoch:\n  %s", mixture.draws_per_epoch, "\n  ".join(mixture.describe()))
+    return mixture
 
-    try:
-        if spec.data_kind == "long_text":
-            from longvila.data.packing import PackedTextDataset
 
-            return PackedTextDataset(data_path, tokenizer, args.data.model_max_length)
-        from longvila.data.datasets import ConversationDataset
+def _load_source(spec: StageSpec, args: StageArguments, source, tokenizer, image_processor, tokens_per_frame: int):
+    """Long text is packed per source (documents never pack across files); conversations keep their media root."""
+    if spec.data_kind == "long_text":
+        from longvila.data.packing import PackedTextDataset
 
-        return ConversationDataset(
-            data_path, tokenizer, image_processor, media_root=args.data.media_root,
-            num_video_frames=args.data.num_video_frames, fps=args.data.fps,
-            model_max_length=args.data.model_max_length, tokens_per_frame=tokens_per_frame,
-        )
-    except ValueError as error:  # empty file, every record malformed, ...: one line for the user
-        raise DataError(str(error)) from error
+        return PackedTextDataset(source.path, tokenizer, args.data.model_max_length)
+    from longvila.data.datasets import ConversationDataset
+
+    return ConversationDataset(
+        source.path, tokenizer, image_processor, media_root=source.media_root,
+        num_video_frames=args.data.num_video_frames, fps=args.data.fps,
+        model_max_length=args.data.model_max_length, tokens_per_frame=tokens_per_frame,
+    )
 
 
 def _total_steps(args: StageArguments, samples_per_epoch: int) -> int:
@@ -159,6 +177,36 @@ def _install_parallelism(model, args: StageArguments, env):
     return layout
 
 
+def load_start_model(spec: StageSpec, args: StageArguments, env):
+    """The model a stage starts from, loaded straight in the training dtype.
+
+    ``--model_name_or_path`` + ``--vision_tower``: pretrained parts and a fresh projector (VILA's stage 1);
+    ``--init_from``: a VILA-layout checkpoint; neither: the embedded tiny default (built once, by rank 0).
+    """
+    from longvila.engine.trainer import training_dtype
+    from longvila.model.checkpoint import load_vila
+    from longvila.model.tiny import tiny_model_path
+
+    m, dtype = args.model, training_dtype(args.train, env.device)
+    try:
+        if m.model_name_or_path is not None:
+            from longvila.model.from_parts import Parts, build_from_parts
+
+            logger.info("stage %s: %s; starting from LLM %s + vision tower %s + fresh %s projector", spec.name,
+                        spec.summary, m.model_name_or_path, m.vision_tower, m.mm_projector)
+            parts = Parts(m.model_name_or_path, m.vision_tower, m.mm_projector, m.mm_vision_select_layer,
+                          m.mm_vision_select_feature, m.chat_template)
+            return build_from_parts(parts, dtype, seed=args.train.seed)
+        init_from = m.init_from or (str(tiny_model_path()) if env.is_main else None)
+        if not m.init_from:
+            dist.barrier()
+            init_from = str(tiny_model_path())
+        logger.info("stage %s: %s; starting from %s", spec.name, spec.summary, init_from)
+        return load_vila(init_from, dtype, token_order=m.mm_projector_token_order)
+    except ValueError as error:  # wrong folder kind, unsupported NVILA feature, bad template: one line
+        raise ConfigError(str(error)) from error
+
+
 def count_supervised_tokens(batch) -> int:
     """Supervised targets in a collated micro-batch, counted exactly as the model will after its global shift.
 
@@ -179,20 +227,15 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
     from longvila.engine.rng import set_seed
     from longvila.engine.trainer import Trainer
     from longvila.data.collate import collate
-    from longvila.model.checkpoint import load_vila
-    from longvila.model.tiny import tiny_model_path
+    from longvila.recipes import deepspeed_config_path
 
     env = init_distributed()
     _setup_logging(env.rank)
     validate_world(args, env.world_size)
     _check_fused_kernels(args, env)
     set_seed(args.train.seed)
-    init_from = args.model.init_from or (str(tiny_model_path()) if env.is_main else None)
-    if not args.model.init_from:
-        dist.barrier()
-        init_from = str(tiny_model_path())
-    logger.info("stage %s: %s; starting from %s", spec.name, spec.summary, init_from)
-    model, tokenizer, image_processor = load_vila(init_from)
+    model, tokenizer, image_processor = load_start_model(spec, args, env)
+    logger.info("recipe %s; DeepSpeed config %s", args.recipe, deepspeed_config_path(args.train.deepspeed))
     if spec.prepare_model is not None:
         spec.prepare_model(model, tokenizer, args)
     if args.model.fused_kernels:
@@ -210,7 +253,8 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
     dataset = _build_dataset(spec, args, tokenizer, image_processor, env, model.tokens_per_frame)
     stream = MicroBatchStream(
         dataset, lambda samples: collate(samples, tokenizer.pad_token_id), args.train.per_device_train_batch_size,
-        dp_rank=layout.rank, dp_size=layout.size, seed=args.train.seed, name=str(args.data.data_path or spec.name),
+        dp_rank=layout.rank, dp_size=layout.size, seed=args.train.seed,
+        name=str(args.data.data_mixture or args.data.data_path or spec.name),
     )
     total_steps = _total_steps(args, stream.samples_per_epoch)
     trainer = Trainer(model, stream, args.train, env, count_supervised_tokens, total_steps, dp_group=layout.group)

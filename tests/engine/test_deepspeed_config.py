@@ -16,7 +16,7 @@ def test_auto_values_follow_flags(tmp_path):
 
 
 def test_zero3_recipe_and_conflicting_values(tmp_path):
-    train = TrainArguments(output_dir=str(tmp_path), deepspeed="stages/zero3.json")
+    train = TrainArguments(output_dir=str(tmp_path), deepspeed="zero3")
     assert zero_stage(build_deepspeed_config(train, world_size=1, bf16=True)) == 3
     bad = tmp_path / "ds.json"
     bad.write_text(json.dumps({"train_micro_batch_size_per_gpu": 7}))
