@@ -9,7 +9,7 @@ here every record is drawn ``floor(weight)`` times per epoch and the fractional 
 permutation of the source, so a weight-0.5 source shows its first half in epoch 0 and the other half in epoch 1:
 no record is skipped for good.
 
-Index space: the mixture's ``len`` is the total number of distinct records, ``index -> (source, local index)``
+Index space: the mixture's ``len`` is the total number of distinct samples, ``index -> (source, local index)``
 by concatenation, so ``__getitem__`` and ``source_of`` are pure functions of the index. What an epoch draws
 (with repeats) is ``epoch_indices(epoch)``; the stream shuffles it with its own seeded permutation, splits it over
 data-parallel ranks and keeps the cursor, so order, SP-rank agreement and exact resume work as for one dataset.
@@ -93,7 +93,7 @@ class MixtureDataset:
         return torch.cat(parts)
 
     def describe(self) -> list[str]:
-        """One line per source (records, weight, draws per epoch, share) for the run log."""
+        """One line per source (samples, weight, draws per epoch, share) for the run log."""
         total = self.draws_per_epoch
-        return [f"{name}: {size} records x weight {weight:g} = {draws} draws/epoch ({100 * draws / total:.1f}%)"
+        return [f"{name}: {size} samples x weight {weight:g} = {draws} draws/epoch ({100 * draws / total:.1f}%)"
                 for name, size, weight, draws in zip(self.source_names, self.sizes, self.weights, self.draws)]

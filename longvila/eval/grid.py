@@ -53,7 +53,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from longvila.constants import IGNORE_INDEX, IM_END
+from longvila.constants import IGNORE_INDEX
 from longvila.model.loss import fp32_logits
 
 logger = logging.getLogger("longvila.eval")
@@ -246,7 +246,9 @@ def greedy_generate(model, prompt_ids: torch.Tensor, stop_ids: set[int], max_new
 
 def stop_token_ids(tokenizer) -> set[int]:
     """Tokens that end a generated answer: EOS and the chat template's end of turn."""
-    ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)}
+    from longvila.data.template import chat_format
+
+    ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(chat_format(tokenizer).end)}
     return {i for i in ids if i is not None and i != tokenizer.unk_token_id}
 
 

@@ -112,3 +112,40 @@ def test_missing_special_token_is_a_clear_error():
 
     with pytest.raises(ValueError, match="<image>"):
         encode_conversation(NoMedia(), [{"from": "human", "value": "hi"}])
+
+
+def llama3_tokenizer():
+    """Byte-level tokenizer that speaks Llama-3's markup only (no <|im_start|>), as a Llama-3 folder does."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from longvila.model.tokenizer import LLAMA3_CHAT_TEMPLATE
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    raw = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(sorted(alphabet))}, merges=[]))
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw)
+    tok.add_tokens(["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<image>",
+                    "<vila/video>"], special_tokens=True)
+    tok.chat_template = LLAMA3_CHAT_TEMPLATE
+    return tok
+
+
+def test_llama3_markup_matches_its_chat_template_and_labels_answers():
+    from longvila.data.template import LLAMA3, chat_format
+
+    tok = llama3_tokenizer()
+    assert chat_format(tok) is LLAMA3
+    ids, labels = encode_conversation(tok, CONV)
+    messages = [{"role": "system", "content": DEFAULT_SYSTEM}] + [
+        {"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]} for t in CONV]
+    rendered = tok.apply_chat_template(messages, tokenize=False)
+    assert ids == tok.encode(rendered, add_special_tokens=False)
+    eot = tok.convert_tokens_to_ids("<|eot_id|>")
+    runs = supervised_runs(ids, labels)
+    answers = [t["value"] for t in CONV if t["from"] == "gpt"]
+    assert [tok.decode(run[:-1]) for run in runs] == answers and all(run[-1] == eot for run in runs)
+    prompt = encode_prompt(tok, CONV[:1])
+    assert prompt == tok.encode(tok.apply_chat_template(messages[:2], tokenize=False, add_generation_prompt=True),
+                                add_special_tokens=False)
