@@ -128,7 +128,7 @@ def _one_line_error(capsys, argv) -> str:
     ("missing_model", "--model folder not found"),
     ("no_config", "is not a checkpoint folder (no config.json)"),
     ("not_vila", "not a VILA"),
-    ("bad_json", "--model .*config.json is not valid JSON"),
+    ("bad_json", "config.json is not valid JSON"),
     ("missing_image", "--image file not found"),
     ("missing_video", "--video file not found"),
     ("both_media", "not allowed with argument"),
