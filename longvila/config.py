@@ -118,6 +118,11 @@ class TrainArguments:
     resume_from_checkpoint: Optional[str] = field(
         default=None, metadata={"help": "A checkpoint folder, or 'latest' for the newest under output_dir."}
     )
+    zero3_load: str = field(
+        default="auto",
+        metadata={"help": "ZeRO-3 only: partitioned (weights scattered while loading) | direct (loaded whole, "
+                          "partitioned by DeepSpeed) | auto (partitioned on CUDA, direct on CPU)."},
+    )
     seq_parallel_size: int = field(default=1, metadata={"help": "Sequence-parallel degree; DP = world / SP."})
     seq_parallel_ring_size: int = field(default=1, metadata={"help": "Ring degree; ulysses = SP / ring."})
     seq_parallel_ring_type: str = field(default="zigzag_ring", metadata={"help": "zigzag_ring | ring"})
@@ -219,6 +224,8 @@ def validate(args: StageArguments) -> None:
         (t.seq_parallel_size % t.seq_parallel_ring_size != 0,
          f"--seq_parallel_size {t.seq_parallel_size} is not divisible by --seq_parallel_ring_size "
          f"{t.seq_parallel_ring_size}"),
+        (t.zero3_load not in ("auto", "partitioned", "direct"),
+         f"--zero3_load must be one of auto, partitioned, direct, got {t.zero3_load!r}"),
         (t.seq_parallel_ring_type not in RING_TYPES,
          f"--seq_parallel_ring_type must be one of {', '.join(RING_TYPES)}, got {t.seq_parallel_ring_type!r}"),
         (d.model_max_length < 8, f"--model_max_length must be >= 8, got {d.model_max_length}"),

@@ -13,12 +13,17 @@ import torch
 METRIC_KEYS = ("step", "loss", "num_tokens", "learning_rate", "grad_norm", "tokens_per_sec", "max_memory_gb")
 
 
+def host_peak_memory_gb() -> float:
+    """Resident-set peak of this process (``ru_maxrss``: bytes on macOS, KiB elsewhere), in GiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20
+
+
 def max_memory_gb(device: torch.device) -> float:
     """Peak memory of this process: CUDA allocator peak on GPU, resident-set peak on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20
+    return host_peak_memory_gb()
 
 
 class MetricsLogger:

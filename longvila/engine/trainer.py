@@ -73,6 +73,7 @@ class Trainer:
         count_supervised: Callable[[dict[str, Any]], int],
         total_steps: int,
         dp_group: Optional[dist.ProcessGroup] = None,
+        ds_config: Optional[dict[str, Any]] = None,
     ):
         import deepspeed
         from transformers import get_scheduler
@@ -94,7 +95,7 @@ class Trainer:
             train.lr_scheduler_type, optimizer,
             num_warmup_steps=math.ceil(train.warmup_ratio * total_steps), num_training_steps=total_steps,
         )
-        self.ds_config = build_deepspeed_config(train, env.world_size, self.bf16)
+        self.ds_config = ds_config or build_deepspeed_config(train, env.world_size, self.bf16)
         if self.ds_config["zero_optimization"].get("stage") == 3:
             register_external = getattr(model, "zero3_external_parameters", lambda: [])
             for param in register_external():

@@ -6,7 +6,7 @@ parallelism and sequence parallelism: only the engine knows the global number of
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -14,8 +14,11 @@ import torch.nn.functional as F
 from longvila.constants import IGNORE_INDEX
 
 
-@dataclass
-class LossOutput:
+class LossOutput(NamedTuple):
+    """A named tuple, not a dataclass: ZeRO-3 hooks only the tensors it can find in a module's output (tuples,
+    lists, dicts). It must see ``loss_sum`` to fetch the LM-head weight, which the loss reads outside lm_head's
+    own forward, again in the backward; with a dataclass the fp32 backward met a released (empty) weight."""
+
     loss_sum: torch.Tensor  # fp32 scalar, sum of token cross-entropies (0.0 with a live graph when no targets)
     num_tokens: torch.Tensor  # int64 scalar, number of supervised tokens
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -177,17 +178,31 @@ def _install_parallelism(model, args: StageArguments, env):
     return layout
 
 
-def load_start_model(spec: StageSpec, args: StageArguments, env):
-    """The model a stage starts from, loaded straight in the training dtype.
+def load_start_model(spec: StageSpec, args: StageArguments, env, ds_config: dict):
+    """The model a stage starts from, loaded once, straight in the training dtype, partitioned under ZeRO-3.
 
     ``--model_name_or_path`` + ``--vision_tower``: pretrained parts and a fresh projector (VILA's stage 1);
     ``--init_from``: a VILA-layout checkpoint; neither: the embedded tiny default (built once, by rank 0).
     """
+    from longvila.engine.metrics import host_peak_memory_gb
     from longvila.engine.trainer import training_dtype
+    from longvila.engine.zero3_loading import partitioned_loading, wants_partitioned_load
+
+    started = time.perf_counter()
+    enabled = wants_partitioned_load(ds_config, args.train.zero3_load, env.device.type)
+    with partitioned_loading(ds_config, enabled) as partitioned:
+        loaded = _load_start_model(spec, args, env, training_dtype(args.train, env.device))
+    logger.info("model loaded in %.1f s as %s%s; host peak memory so far %.2f GB on rank 0",
+                time.perf_counter() - started, str(training_dtype(args.train, env.device)).replace("torch.", ""),
+                ", ZeRO-3 partitioned at load" if partitioned else "", host_peak_memory_gb())
+    return loaded
+
+
+def _load_start_model(spec: StageSpec, args: StageArguments, env, dtype):
     from longvila.model.checkpoint import load_vila
     from longvila.model.tiny import tiny_model_path
 
-    m, dtype = args.model, training_dtype(args.train, env.device)
+    m = args.model
     try:
         if m.model_name_or_path is not None:
             from longvila.model.from_parts import Parts, build_from_parts
@@ -222,10 +237,10 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
     args = parse_stage_args(spec.name, argv)
 
     from longvila.engine.data_stream import MicroBatchStream
-    from longvila.engine.deepspeed_config import zero_stage
+    from longvila.engine.deepspeed_config import build_deepspeed_config, zero_stage
     from longvila.engine.dist import init_distributed
     from longvila.engine.rng import set_seed
-    from longvila.engine.trainer import Trainer
+    from longvila.engine.trainer import Trainer, uses_bf16
     from longvila.data.collate import collate
     from longvila.recipes import deepspeed_config_path
 
@@ -234,7 +249,8 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
     validate_world(args, env.world_size)
     _check_fused_kernels(args, env)
     set_seed(args.train.seed)
-    model, tokenizer, image_processor = load_start_model(spec, args, env)
+    ds_config = build_deepspeed_config(args.train, env.world_size, uses_bf16(args.train, env.device))
+    model, tokenizer, image_processor = load_start_model(spec, args, env, ds_config)
     logger.info("recipe %s; DeepSpeed config %s", args.recipe, deepspeed_config_path(args.train.deepspeed))
     if spec.prepare_model is not None:
         spec.prepare_model(model, tokenizer, args)
@@ -257,7 +273,8 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
         name=str(args.data.data_mixture or args.data.data_path or spec.name),
     )
     total_steps = _total_steps(args, stream.samples_per_epoch)
-    trainer = Trainer(model, stream, args.train, env, count_supervised_tokens, total_steps, dp_group=layout.group)
+    trainer = Trainer(model, stream, args.train, env, count_supervised_tokens, total_steps, dp_group=layout.group,
+                      ds_config=ds_config)
     history = trainer.train(resume_from=args.train.resume_from_checkpoint)
     save_final(trainer.module, tokenizer, image_processor, spec, args, env,
                zero3=zero_stage(trainer.ds_config) == 3)
