@@ -68,6 +68,11 @@ class ModelArguments:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     attn_backend: str = field(default="auto", metadata={"help": "auto | triton | flash_attn | torch"})
+    loss_impl: str = field(
+        default="chunked",
+        metadata={"help": "chunked (default: never more than one chunk of logits) | naive (full logits; the "
+                          "reference)."},
+    )
     fused_kernels: bool = field(
         default=False, metadata={"help": "Use the Triton RMSNorm / RoPE / chunked linear+CE kernels."}
     )
@@ -235,6 +240,8 @@ def validate(args: StageArguments) -> None:
         (m.attn_backend not in ATTN_BACKENDS,
          f"--attn_backend must be one of {', '.join(ATTN_BACKENDS)}, got {m.attn_backend!r}"),
         (m.lora_r < 1, f"--lora_r must be >= 1, got {m.lora_r}"),
+        (m.loss_impl not in ("chunked", "naive"), f"--loss_impl must be chunked or naive, got {m.loss_impl!r}"),
+        (m.fused_kernels and m.loss_impl != "chunked", "--fused_kernels brings its own chunked loss; drop --loss_impl"),
         (m.init_from is not None and m.model_name_or_path is not None,
          "--init_from (a VILA checkpoint) and --model_name_or_path (an HF LLM) are alternatives: give one"),
         ((m.model_name_or_path is None) != (m.vision_tower is None),

@@ -63,3 +63,23 @@ def cross_entropy_sum(
     logits = fp32_logits(h, weight)
     loss_sum = F.cross_entropy(logits, flat_labels[keep], reduction="sum")
     return loss_sum, keep.sum().to(torch.int64)
+
+
+def chunked_cross_entropy_sum(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The default training loss: same contract as ``cross_entropy_sum``, but never more than one chunk of logits.
+
+    With a 152K vocabulary the naive loss holds the fp32 logits, their softmax and their gradient: about 1.8 MB per
+    supervised token, which capped context near 30K tokens per GPU. This runs the chunked linear+CE of
+    ``longvila.kernels.fused_linear_ce`` (Triton on CUDA, the same chunked algorithm in torch elsewhere; never the
+    Triton interpreter, whatever ``TRITON_INTERPRET`` says, since that is only for testing kernels). Each chunk's
+    gradient is formed during the forward and only scaled in the backward, so no logits are recomputed.
+    """
+    from longvila.kernels.fused_linear_ce import fused_linear_cross_entropy
+
+    return fused_linear_cross_entropy(hidden, weight, labels, use_triton=None if hidden.is_cuda else False)
+
+
+LOSS_FUNCTIONS = {"chunked": chunked_cross_entropy_sum, "naive": cross_entropy_sum}
+"""``--loss_impl`` choices; ``naive`` (full logits) is the reference the tests compare against."""

@@ -18,7 +18,7 @@ from torch import nn
 from longvila.constants import IGNORE_INDEX, IMAGE_TOKEN
 from longvila.data.template import video_token_id
 from longvila.model.attention import ATTN_IMPLEMENTATION
-from longvila.model.loss import LossOutput, cross_entropy_sum, shift_labels
+from longvila.model.loss import LossOutput, chunked_cross_entropy_sum, shift_labels
 from longvila.model.tokenizer import newline_token_id, single_token_id
 
 DEFAULT_VILA_CONFIG = {
@@ -93,7 +93,7 @@ class VILAModel(nn.Module):
         use_longvila_attention(llm)
         self.frame_encoder: Callable[[torch.Tensor], torch.Tensor] = self.encode_frames
         self.sequence_sharder: Callable[[SequenceInputs], SequenceInputs] = _identity
-        self.loss_fn: Callable = cross_entropy_sum
+        self.loss_fn: Callable = chunked_cross_entropy_sum
 
     # ---------------------------------------------------------------- media
     @property

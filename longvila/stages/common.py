@@ -254,6 +254,11 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
     logger.info("recipe %s; DeepSpeed config %s", args.recipe, deepspeed_config_path(args.train.deepspeed))
     if spec.prepare_model is not None:
         spec.prepare_model(model, tokenizer, args)
+    if args.model.loss_impl != "chunked":
+        from longvila.model.loss import LOSS_FUNCTIONS
+
+        model.loss_fn = LOSS_FUNCTIONS[args.model.loss_impl]
+        logger.info("loss: %s (full logits)", args.model.loss_impl)
     if args.model.fused_kernels:
         from longvila.model.fused import enable_fused_kernels
 
