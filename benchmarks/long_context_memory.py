@@ -1,13 +1,14 @@
-"""Peak memory and speed of a stage-4 step at real model shapes, at doubling lengths: naive loss vs the default.
+"""Peak memory and speed of a stage-4 step at real model shapes, at doubling lengths: the old path vs the default.
 
     python benchmarks/long_context_memory.py --output_dir runs/long_context_memory
 
 Builds (once) a VILA-layout checkpoint with Qwen2-1.5B's layer shapes and its 151,936-token vocabulary but only 2
-decoder layers (``longvila.model.real_shapes``), then runs one stage-4 step per (loss, length) in a fresh process,
+decoder layers (``longvila.model.real_shapes``), then runs one stage-4 step per (system, length) in a fresh process,
 fp32 on CPU with gradient checkpointing, lengths 2K, 4K, 8K, ... until a run exceeds ``--budget_gb`` (predicted
 from the previous two lengths, so the machine is never driven out of memory) or ``--max_seconds``. Each point is
 ``max_memory_gb`` (resident-set peak) and tokens/s from the run's ``metrics.jsonl``; growth is GB per 1K tokens
-between consecutive lengths. Writes ``<out>/long_context_memory.json`` and a plot ``<out>/long_context_memory.png``.
+between consecutive lengths. Systems: ``naive`` (full-logits loss, untiled MLP: the old default), ``chunked``
+(chunked loss only) and ``default`` (chunked loss + tiled MLP). Writes ``<out>/long_context_memory.json`` and a plot ``<out>/long_context_memory.png``.
 """
 
 from __future__ import annotations
@@ -20,14 +21,18 @@ import sys
 import time
 from pathlib import Path
 
-LOSSES = ("naive", "chunked")
+SYSTEMS = {
+    "naive": ["--loss_impl", "naive", "--tiled_mlp_tokens", "0"],  # the path every stage took before
+    "chunked": ["--loss_impl", "chunked", "--tiled_mlp_tokens", "0"],
+    "default": [],  # chunked loss + tiled MLP (4096-token tiles)
+}
 
 
-def run_point(checkpoint: Path, out: Path, loss: str, length: int, timeout: float) -> dict | None:
+def run_point(checkpoint: Path, out: Path, system: str, length: int, timeout: float) -> dict | None:
     command = [sys.executable, "-m", "longvila.stages.s4_context_ext", "--init_from", str(checkpoint),
                "--output_dir", str(out), "--data_dir", str(out.parent.parent / "data"), "--max_steps", "1",
-               "--model_max_length", str(length), "--gradient_checkpointing", "true", "--loss_impl", loss,
-               "--rope_theta", "1000000", "--disable_tqdm", "true", "--bf16", "false"]
+               "--model_max_length", str(length), "--gradient_checkpointing", "true", "--rope_theta", "1000000",
+               "--disable_tqdm", "true", "--bf16", "false", *SYSTEMS[system]]
     started = time.perf_counter()
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
@@ -38,7 +43,7 @@ def run_point(checkpoint: Path, out: Path, loss: str, length: int, timeout: floa
         print(result.stderr[-2000:], file=sys.stderr)
         return None
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    return {"loss_impl": loss, "tokens": length, "peak_gb": record["max_memory_gb"],
+    return {"system": system, "tokens": length, "peak_gb": record["max_memory_gb"],
             "step_tokens_per_sec": record["tokens_per_sec"], "wall_s": time.perf_counter() - started}
 
 
@@ -49,10 +54,10 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for loss in LOSSES:
-        points = [(r["tokens"], r["peak_gb"]) for r in rows if r["loss_impl"] == loss]
+    for system in SYSTEMS:
+        points = [(r["tokens"], r["peak_gb"]) for r in rows if r["system"] == system]
         if points:
-            ax.plot(*zip(*points), marker="o", label=f"{loss} loss")
+            ax.plot(*zip(*points), marker="o", label=system)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("tokens per step")
     ax.set_ylabel("peak resident memory (GB)")
@@ -66,7 +71,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", type=Path, required=True)
-    parser.add_argument("--losses", default=",".join(LOSSES))
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--start", type=int, default=2048)
     parser.add_argument("--max_length", type=int, default=32768)
     parser.add_argument("--budget_gb", type=float, default=20.0)
@@ -80,7 +85,7 @@ def main() -> None:
     if not (checkpoint / "config.json").is_file():
         build_real_shape_checkpoint(checkpoint)
     rows: list[dict] = []
-    for loss in args.losses.split(","):
+    for loss in args.systems.split(","):
         length, done = args.start, []
         while length <= args.max_length:
             if len(done) >= 2:

@@ -73,6 +73,11 @@ class ModelArguments:
         metadata={"help": "chunked (default: never more than one chunk of logits) | naive (full logits; the "
                           "reference)."},
     )
+    tiled_mlp_tokens: int = field(
+        default=4096,
+        metadata={"help": "Run each decoder MLP in tiles of this many tokens (recomputed in the backward) whenever a "
+                          "rank's sequence is longer; 0 turns tiling off."},
+    )
     fused_kernels: bool = field(
         default=False, metadata={"help": "Use the Triton RMSNorm / RoPE / chunked linear+CE kernels."}
     )
@@ -109,7 +114,11 @@ class TrainArguments:
     max_grad_norm: float = 1.0
     per_device_train_batch_size: int = 1
     gradient_accumulation_steps: int = 1
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: str = field(
+        default="false",
+        metadata={"help": "true | false | offload (checkpoint every layer and keep the checkpointed inputs in host "
+                          "memory; CUDA only, the same results everywhere).", "nargs": "?", "const": "true"},
+    )
     deepspeed: Optional[str] = field(
         default=None, metadata={"help": "DeepSpeed JSON file or packaged name (zero2, zero3); default zero2."}
     )
@@ -211,7 +220,13 @@ def parse_stage_args(stage: str, argv: Optional[list[str]] = None) -> StageArgum
 
 def validate(args: StageArguments) -> None:
     """Reject impossible settings with one line each; the world size is checked later, once it is known."""
+    from longvila.engine.activation_offload import checkpointing_mode
+
     t, d, m = args.train, args.data, args.model
+    try:
+        t.gradient_checkpointing = checkpointing_mode(t.gradient_checkpointing)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
     if not t.output_dir:
         raise ConfigError("--output_dir is required")
     checks = [
@@ -240,6 +255,7 @@ def validate(args: StageArguments) -> None:
         (m.attn_backend not in ATTN_BACKENDS,
          f"--attn_backend must be one of {', '.join(ATTN_BACKENDS)}, got {m.attn_backend!r}"),
         (m.lora_r < 1, f"--lora_r must be >= 1, got {m.lora_r}"),
+        (m.tiled_mlp_tokens < 0, f"--tiled_mlp_tokens must be >= 0 (0: off), got {m.tiled_mlp_tokens}"),
         (m.loss_impl not in ("chunked", "naive"), f"--loss_impl must be chunked or naive, got {m.loss_impl!r}"),
         (m.fused_kernels and m.loss_impl != "chunked", "--fused_kernels brings its own chunked loss; drop --loss_impl"),
         (m.init_from is not None and m.model_name_or_path is not None,

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from longvila.config import TrainArguments
+from longvila.engine.activation_offload import offload_context
 from longvila.engine.data_stream import MicroBatchStream
 from longvila.engine.deepspeed_config import build_deepspeed_config
 from longvila.engine.dist import DistEnv
@@ -163,10 +164,12 @@ class Trainer:
         scale = self.env.world_size * gas / max(global_count, 1.0)
         loss_sum_total, positions = 0.0, 0
         self.engine.train()
+        offload = self.train_args.gradient_checkpointing == "offload"
         for batch in micro_batches:
             batch = move_to_device(batch, self.env.device, self.dtype)
-            output = self.engine(**batch)
-            self.engine.backward(output.loss_sum * scale)
+            with offload_context(offload):
+                output = self.engine(**batch)
+                self.engine.backward(output.loss_sum * scale)
             self.engine.step()
             loss_sum_total += float(output.loss_sum.detach())
             positions += int(getattr(output, "num_positions", batch["attention_mask"].sum()))

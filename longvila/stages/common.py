@@ -266,7 +266,11 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
         logger.info("fused kernels: %d RMSNorm, %d attention RoPE, chunked linear+CE", report.rms_norms,
                     report.attentions)
     _freeze(model, spec, args)
-    if args.train.gradient_checkpointing:
+    if args.model.tiled_mlp_tokens:
+        from longvila.model.tiled_mlp import enable_tiled_mlp
+
+        enable_tiled_mlp(model.llm, args.model.tiled_mlp_tokens)
+    if args.train.gradient_checkpointing != "false":
         model.enable_gradient_checkpointing()
 
     layout = _install_parallelism(model, args, env)
