@@ -42,14 +42,15 @@ class SequenceSharder:
         self.cfg, self.groups = cfg, groups
 
     def __call__(self, seq):
+        """Shards the embeddings, or the token ids of a text-only sequence (embedded after sharding)."""
+        values = "inputs_embeds" if seq.inputs_embeds is not None else "token_ids"
         shard = shard_sequence(
-            {"inputs_embeds": seq.inputs_embeds, "labels": seq.labels, "position_ids": seq.position_ids,
+            {values: getattr(seq, values), "labels": seq.labels, "position_ids": seq.position_ids,
              "attention_mask": seq.attention_mask},
             self.cfg, self.groups,
         )
-        return replace(seq, inputs_embeds=shard["inputs_embeds"], labels=shard["labels"],
-                       position_ids=shard["position_ids"], attention_mask=shard["attention_mask"],
-                       segment_ids=shard["segment_ids"])
+        return replace(seq, **{values: shard[values]}, labels=shard["labels"], position_ids=shard["position_ids"],
+                       attention_mask=shard["attention_mask"], segment_ids=shard["segment_ids"])
 
 
 def make_router(cfg: SequenceParallelConfig, groups: Optional[ProcessGroups], backend: str):

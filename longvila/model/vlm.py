@@ -54,11 +54,12 @@ class MediaTokenIds:
 class SequenceInputs:
     """The LLM's view of a batch after media expansion and right padding (all (B, S[, H]))."""
 
-    inputs_embeds: torch.Tensor
+    inputs_embeds: torch.Tensor | None  # None while a text-only sequence is still token ids (``token_ids``)
     labels: torch.Tensor  # UNSHIFTED from build_sequence; forward replaces them with shifted ones
     position_ids: torch.Tensor  # per-document positions; padding restarts at 0 (its own document)
     attention_mask: torch.Tensor  # bool, True on real tokens
     segment_ids: torch.Tensor | None = None  # document ids of the GLOBAL sequence, set by a sequence sharder
+    token_ids: torch.Tensor | None = None  # text-only batches: ids, embedded only after sharding (see forward)
 
 
 def use_longvila_attention(llm: nn.Module) -> None:
@@ -199,7 +200,37 @@ class VILAModel(nn.Module):
             seqs_e.append(seq_e)
             seqs_l.append(seq_l)
             seqs_p.append(seq_p)
-        return _right_pad(seqs_e, seqs_l, seqs_p)
+        return SequenceInputs(*_right_pad(seqs_e, seqs_l, seqs_p))
+
+    def build_text_sequence(
+        self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None = None,
+    ) -> SequenceInputs:
+        """A text-only batch as the sequence ``build_sequence`` would give, but still as token ids.
+
+        Embedding after sequence sharding means each SP rank embeds (and holds the gradient of) only its own
+        S/SP x H rows instead of the whole S x H sequence.
+        """
+        mask = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
+                else attention_mask.to(torch.bool))
+        rows_i, rows_l, rows_p = [], [], []
+        for b in range(input_ids.shape[0]):
+            keep = mask[b].nonzero().squeeze(1)
+            rows_i.append(input_ids[b, keep])
+            rows_l.append(labels[b, keep])
+            rows_p.append(position_ids[b, keep] if position_ids is not None
+                          else torch.arange(keep.numel(), device=input_ids.device))
+        ids, labels, positions, mask = _right_pad(rows_i, rows_l, rows_p)
+        return SequenceInputs(None, labels, positions, mask, token_ids=ids)
+
+    def _is_text_only(self, input_ids, attention_mask, media) -> bool:
+        if media is not None and any(len(m) for m in media):
+            return False
+        ids = self.tokenizer_ids
+        placeholders = (input_ids == ids.image) | (input_ids == ids.video)
+        if attention_mask is not None:
+            placeholders &= attention_mask.to(torch.bool)
+        return not bool(placeholders.any())  # placeholders without media: build_sequence reports it
 
     # ---------------------------------------------------------------- LLM
     def run_backbone(
@@ -235,9 +266,14 @@ class VILAModel(nn.Module):
         position_ids: torch.Tensor | None = None,
         **_,
     ) -> LossOutput:
-        seq = self.build_sequence(input_ids, labels, attention_mask, media, position_ids)
+        if self._is_text_only(input_ids, attention_mask, media):
+            seq = self.build_text_sequence(input_ids, labels, attention_mask, position_ids)
+        else:
+            seq = self.build_sequence(input_ids, labels, attention_mask, media, position_ids)
         seq = replace(seq, labels=shift_labels(seq.labels, seq.position_ids))
         seq = self.sequence_sharder(seq)
+        if seq.inputs_embeds is None:
+            seq = replace(seq, inputs_embeds=self.llm.get_input_embeddings()(seq.token_ids), token_ids=None)
         hidden = self.run_backbone(seq.inputs_embeds, seq.position_ids, seq.segment_ids)
         loss_sum, num_tokens = self.loss_fn(hidden, self.llm.get_output_embeddings().weight, seq.labels)
         return LossOutput(loss_sum, num_tokens)
@@ -320,7 +356,8 @@ def _renumber_documents(pos: torch.Tensor) -> torch.Tensor:
 
 def _right_pad(
     seqs_e: list[torch.Tensor], seqs_l: list[torch.Tensor], seqs_p: list[torch.Tensor]
-) -> SequenceInputs:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows of embeddings (n, H) or token ids (n,) -> (values, labels, positions, mask), zero-padded on the right."""
     bsz, seq_len = len(seqs_e), max(e.shape[0] for e in seqs_e)
     ref = seqs_e[0]
     labels = seqs_l[0].new_full((bsz, seq_len), IGNORE_INDEX)
@@ -329,10 +366,9 @@ def _right_pad(
     rows_e = []
     for b, (e, lab, p) in enumerate(zip(seqs_e, seqs_l, seqs_p)):
         n = e.shape[0]
-        rows_e.append(torch.cat([e, e.new_zeros(seq_len - n, e.shape[-1])]) if n < seq_len else e)
+        rows_e.append(torch.cat([e, e.new_zeros(seq_len - n, *e.shape[1:])]) if n < seq_len else e)
         labels[b, :n] = lab
         positions[b, :n] = p
         positions[b, n:] = torch.arange(seq_len - n, device=p.device)  # padding: its own document
         mask[b, :n] = True
-    embeds = torch.stack(rows_e)
-    return SequenceInputs(embeds, labels, positions, mask)
+    return torch.stack(rows_e), labels, positions, mask

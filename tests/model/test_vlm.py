@@ -230,3 +230,41 @@ def test_cuda_bf16_forward_backward_matches_cpu(tiny, media_batch):
     torch.testing.assert_close(out.loss_sum.cpu(), cpu.loss_sum.detach(), rtol=2e-2, atol=0.5)
     out.loss_sum.backward()
     assert all(torch.isfinite(p.grad).all() for p in gpu_model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("ring", [1, 2])
+def test_text_batches_embed_only_the_local_shard(tiny, ring):
+    """Under SP a text-only batch is sharded as token ids and embedded after: each rank embeds S/SP rows, and the
+    rows equal the shard of the fully embedded sequence (the path media batches still take)."""
+    from dataclasses import replace
+
+    from longvila.distributed.integration import SequenceSharder
+    from longvila.distributed.mesh import SequenceParallelConfig
+    from longvila.model.loss import shift_labels
+
+    model, tok, _ = tiny
+    ids = torch.randint(0, 500, (2, 37))
+    labels, mask = ids.clone(), torch.ones_like(ids, dtype=torch.bool)
+    mask[1, 30:] = False
+    positions = torch.cat([torch.arange(20), torch.arange(17)]).expand(2, 37)
+    embed = model.llm.get_input_embeddings()
+    for rank in range(2):
+        sharder = SequenceSharder(SequenceParallelConfig(sp_size=2, ring_size=ring), rank)
+        full = model.build_sequence(ids, labels, mask, None, positions)
+        want = sharder(replace(full, labels=shift_labels(full.labels, full.position_ids)))
+        text = model.build_text_sequence(ids, labels, mask, positions)
+        got = sharder(replace(text, labels=shift_labels(text.labels, text.position_ids)))
+        assert got.inputs_embeds is None and got.token_ids.shape == (2, 20)  # 37 -> padded 40 -> 20 per rank
+        real = want.attention_mask
+        assert torch.equal(embed(got.token_ids)[real], want.inputs_embeds[real])
+        for field in ("labels", "position_ids", "attention_mask", "segment_ids"):
+            assert torch.equal(getattr(got, field), getattr(want, field)), field
+    seen = []
+    handle = embed.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    try:
+        model.sequence_sharder = SequenceSharder(SequenceParallelConfig(sp_size=2, ring_size=ring), 0)
+        model.run_backbone = lambda embeds, *a, **k: embeds  # the local shard is all this test looks at
+        model(ids, labels, mask, position_ids=positions)
+    finally:
+        handle.remove()
+    assert seen == [(2, 20)]
