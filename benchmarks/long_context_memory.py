@@ -3,10 +3,11 @@
     python benchmarks/long_context_memory.py --output_dir runs/long_context_memory
 
 Builds (once) a VILA-layout checkpoint with Qwen2-1.5B's layer shapes and its 151,936-token vocabulary but only 2
-decoder layers (``longvila.model.real_shapes``), then runs one stage-4 step per (system, length) in a fresh process,
+decoder layers (``longvila.model.real_shapes``), then runs two stage-4 steps per (system, length) in a fresh process (two, because AdamW allocates its state in
+the first step: only the second step's peak holds weights, gradients, optimizer state and activations at once),
 fp32 on CPU with gradient checkpointing, lengths 2K, 4K, 8K, ... until a run exceeds ``--budget_gb`` (predicted
 from the previous two lengths, so the machine is never driven out of memory) or ``--max_seconds``. Each point is
-``max_memory_gb`` (resident-set peak) and tokens/s from the run's ``metrics.jsonl``; growth is GB per 1K tokens
+``max_memory_gb`` (resident-set peak over both steps) and the second step's tokens/s from ``metrics.jsonl``; growth is GB per 1K tokens
 between consecutive lengths. Systems: ``naive`` (full-logits loss, untiled MLP: the old default), ``chunked``
 (chunked loss only) and ``default`` (chunked loss + tiled MLP). Writes ``<out>/long_context_memory.json`` and a plot ``<out>/long_context_memory.png``.
 """
@@ -30,7 +31,7 @@ SYSTEMS = {
 
 def run_point(checkpoint: Path, out: Path, system: str, length: int, timeout: float) -> dict | None:
     command = [sys.executable, "-m", "longvila.stages.s4_context_ext", "--init_from", str(checkpoint),
-               "--output_dir", str(out), "--data_dir", str(out.parent.parent / "data"), "--max_steps", "1",
+               "--output_dir", str(out), "--data_dir", str(out.parent.parent / "data"), "--max_steps", "2",
                "--model_max_length", str(length), "--gradient_checkpointing", "true", "--rope_theta", "1000000",
                "--disable_tqdm", "true", "--bf16", "false", *SYSTEMS[system]]
     started = time.perf_counter()
