@@ -243,7 +243,8 @@ def test_text_batches_embed_only_the_local_shard(tiny, ring):
     from longvila.model.loss import shift_labels
 
     model, tok, _ = tiny
-    ids = torch.randint(0, 500, (2, 37))
+    first_plain = max(tok.added_tokens_decoder) + 1  # below it sit the special and media tokens
+    ids = torch.randint(first_plain, 500, (2, 37))
     labels, mask = ids.clone(), torch.ones_like(ids, dtype=torch.bool)
     mask[1, 30:] = False
     positions = torch.cat([torch.arange(20), torch.arange(17)]).expand(2, 37)

@@ -13,6 +13,7 @@ import yaml
 import longvila
 from longvila.cli import STAGES
 from longvila.config import ConfigError, DataArguments, ModelArguments, load_recipe, parse_stage_args
+from longvila.engine.activation_offload import checkpointing_mode
 from longvila.engine.deepspeed_config import build_deepspeed_config, zero_stage
 from longvila.recipes import deepspeed_config_names, deepspeed_config_path, recipe_names, recipe_path
 
@@ -33,6 +34,8 @@ def test_stage_recipe_loads_and_supplies_defaults(stage, tmp_path):
     args = parse_stage_args(stage, ["--output_dir", str(tmp_path)])
     assert args.recipe == path
     values = {**vars(args.model), **vars(args.data), **vars(args.train)}
+    if "gradient_checkpointing" in recipe:  # a YAML bool, normalised to the flag's mode name
+        recipe["gradient_checkpointing"] = checkpointing_mode(recipe["gradient_checkpointing"])
     assert {key: values[key] for key in recipe} == recipe
 
 
@@ -88,6 +91,7 @@ import json, sys
 from pathlib import Path
 import longvila
 from longvila.config import parse_stage_args
+from longvila.engine.activation_offload import checkpointing_mode
 from longvila.engine.deepspeed_config import build_deepspeed_config, zero_stage
 from longvila.recipes import deepspeed_config_path
 args = parse_stage_args("s4_context_ext", ["--output_dir", sys.argv[1]])
