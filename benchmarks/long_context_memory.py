@@ -1,15 +1,21 @@
-"""Peak memory and speed of a stage-4 step at real model shapes, at doubling lengths: the old path vs the default.
+"""Peak memory and speed of a stage-4 step at real model shapes, at doubling lengths: old path, default, ALST.
 
-    python benchmarks/long_context_memory.py --output_dir runs/long_context_memory
+    python benchmarks/long_context_memory.py --output_dir runs/long_context_memory            # one process
+    python benchmarks/long_context_memory.py --output_dir runs/long_context_memory --sp 2     # with ALST beside us
 
 Builds (once) a VILA-layout checkpoint with Qwen2-1.5B's layer shapes and its 151,936-token vocabulary but only 2
-decoder layers (``longvila.model.real_shapes``), then runs two stage-4 steps per (system, length) in a fresh process (two, because AdamW allocates its state in
-the first step: only the second step's peak holds weights, gradients, optimizer state and activations at once),
-fp32 on CPU with gradient checkpointing, lengths 2K, 4K, 8K, ... until a run exceeds ``--budget_gb`` (predicted
-from the previous two lengths, so the machine is never driven out of memory) or ``--max_seconds``. Each point is
-``max_memory_gb`` (resident-set peak over both steps) and the second step's tokens/s from ``metrics.jsonl``; growth is GB per 1K tokens
-between consecutive lengths. Systems: ``naive`` (full-logits loss, untiled MLP: the old default), ``chunked``
-(chunked loss only) and ``default`` (chunked loss + tiled MLP). Writes ``<out>/long_context_memory.json`` and a plot ``<out>/long_context_memory.png``.
+decoder layers (``longvila.model.real_shapes``). Each (system, length) point is a fresh run of two optimizer steps
+(two, because AdamW allocates its state in the first: only the second step's peak holds weights, gradients,
+optimizer state and activations at once), fp32 on CPU with gradient checkpointing, at 2K, 4K, 8K, ... until a run
+would exceed ``--budget_gb`` per rank (predicted from the previous two lengths, so the machine is never driven out
+of memory), fails, or passes ``--max_seconds``. A point is the resident-set peak over both steps, max over ranks,
+and the second step's tokens/s (global tokens / step seconds); growth is GB per 1K tokens between lengths.
+
+Systems: ``naive`` (full-logits loss, untiled MLP: the old default), ``chunked`` (chunked loss only), ``default``
+(chunked loss + tiled MLP). With ``--sp N`` ours run Ulysses SP over N gloo ranks (``torchrun``), and DeepSpeed ALST
+runs on the same checkpoint's LLM, tokens and DeepSpeed config (``benchmarks/alst_step.py``): ``alst`` (TiledMLP +
+TiledFusedLogitsLoss) and ``alst_untiled`` (Ulysses only). Threads are split evenly between the ranks. Writes
+``<out>/long_context_memory[_spN].json`` and a plot of memory against tokens, one line per system.
 """
 
 from __future__ import annotations
@@ -22,33 +28,61 @@ import sys
 import time
 from pathlib import Path
 
-SYSTEMS = {
+OURS = {
     "naive": ["--loss_impl", "naive", "--tiled_mlp_tokens", "0"],  # the path every stage took before
     "chunked": ["--loss_impl", "chunked", "--tiled_mlp_tokens", "0"],
     "default": [],  # chunked loss + tiled MLP (4096-token tiles)
 }
+ALST = {"alst": [], "alst_untiled": ["--untiled"]}  # DeepSpeed's peer, only under SP (benchmarks/alst_step.py)
+SYSTEMS = {**OURS, **ALST}
+ALST_SCRIPT = Path(__file__).resolve().with_name("alst_step.py")
 
 
-def run_point(checkpoint: Path, out: Path, system: str, length: int, timeout: float) -> dict | None:
-    command = [sys.executable, "-m", "longvila.stages.s4_context_ext", "--init_from", str(checkpoint),
-               "--output_dir", str(out), "--data_dir", str(out.parent.parent / "data"), "--max_steps", "2",
-               "--model_max_length", str(length), "--gradient_checkpointing", "true", "--rope_theta", "1000000",
-               "--disable_tqdm", "true", "--bf16", "false", *SYSTEMS[system]]
+def launcher(sp: int) -> list[str]:
+    """One process for SP=1, else ``torchrun`` on ``sp`` gloo ranks (a fresh port per run)."""
+    if sp == 1:
+        return [sys.executable]
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(sp), "--master_port", str(port)]
+
+
+def point_command(checkpoint: Path, out: Path, system: str, length: int, sp: int) -> tuple[list[str], Path]:
+    """The command for one (system, length) point and the JSON-lines file its steps land in."""
+    data_dir = out.parent.parent / "data"
+    if system in ALST:
+        return ([*launcher(sp), str(ALST_SCRIPT), "--checkpoint", str(checkpoint), "--data_dir", str(data_dir),
+                 "--length", str(length), "--out", str(out), *ALST[system]], out / "alst_metrics.jsonl")
+    module = ["-m", "longvila.stages.s4_context_ext"]
+    parallel = ["--seq_parallel_size", str(sp), "--seq_parallel_ring_size", "1"] if sp > 1 else []  # Ulysses, as ALST
+    return ([*launcher(sp), *module, "--init_from", str(checkpoint), "--output_dir", str(out),
+             "--data_dir", str(data_dir), "--max_steps", "2", "--model_max_length", str(length),
+             "--gradient_checkpointing", "true", "--rope_theta", "1000000", "--disable_tqdm", "true",
+             "--bf16", "false", *parallel, *OURS[system]], out / "metrics.jsonl")
+
+
+def run_point(checkpoint: Path, out: Path, system: str, length: int, sp: int, timeout: float) -> dict | None:
+    command, metrics = point_command(checkpoint, out, system, length, sp)
+    threads = max(1, (os.cpu_count() or 1) // sp)
     started = time.perf_counter()
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                                env={**os.environ, "OMP_NUM_THREADS": str(os.cpu_count() or 1)})
+                                env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     except subprocess.TimeoutExpired:
         return None
     if result.returncode != 0:
         print(result.stderr[-2000:], file=sys.stderr)
         return None
-    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    return {"system": system, "tokens": length, "peak_gb": record["max_memory_gb"],
-            "step_tokens_per_sec": record["tokens_per_sec"], "wall_s": time.perf_counter() - started}
+    first, last = (json.loads(line) for line in metrics.read_text().splitlines()[:2])
+    return {"system": system, "sp": sp, "tokens": length, "peak_gb": last["max_memory_gb"],
+            "tokens_per_sec": length / last["step_seconds"], "step_seconds": last["step_seconds"],
+            "first_loss": first["loss"], "wall_s": time.perf_counter() - started}
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, sp: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,8 +95,9 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.plot(*zip(*points), marker="o", label=system)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("tokens per step")
-    ax.set_ylabel("peak resident memory (GB)")
-    ax.set_title("Stage 4, Qwen2-1.5B shapes (2 layers, 152K vocab), fp32 CPU")
+    ax.set_ylabel("peak resident memory per rank (GB)")
+    ranks = "one process" if sp == 1 else f"SP={sp} (Ulysses) on {sp} gloo ranks"
+    ax.set_title(f"Stage 4, Qwen2-1.5B shapes (2 layers, 152K vocab), fp32 CPU, {ranks}", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -72,7 +107,9 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", type=Path, required=True)
-    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--sp", type=int, default=1, help="sequence-parallel ranks; ALST joins from 2")
+    parser.add_argument("--systems", default=None, help="comma list; default: naive,chunked,default at SP=1, "
+                        "naive,default,alst_untiled,alst under SP")
     parser.add_argument("--start", type=int, default=2048)
     parser.add_argument("--max_length", type=int, default=32768)
     parser.add_argument("--budget_gb", type=float, default=20.0)
@@ -85,8 +122,13 @@ def main() -> None:
     checkpoint = args.output_dir / "qwen2-1.5b-2L"
     if not (checkpoint / "config.json").is_file():
         build_real_shape_checkpoint(checkpoint)
+    systems = (args.systems or ("naive,chunked,default" if args.sp == 1 else "naive,default,alst_untiled,alst"))
+    systems = systems.split(",")
+    unknown = [name for name in systems if name not in SYSTEMS]
+    if unknown or (args.sp == 1 and any(name in ALST for name in systems)):
+        parser.error(f"--systems: unknown {unknown}" if unknown else "ALST runs only with --sp 2 or more")
     rows: list[dict] = []
-    for loss in args.systems.split(","):
+    for loss in systems:
         length, done = args.start, []
         while length <= args.max_length:
             if len(done) >= 2:
@@ -95,8 +137,8 @@ def main() -> None:
                 if predicted > args.budget_gb:
                     print(f"{loss}: {length} tokens predicted at {predicted:.1f} GB > budget; stopping")
                     break
-            row = run_point(checkpoint, args.output_dir / "runs" / f"{loss}-{length}", loss, length,
-                            args.max_seconds)
+            row = run_point(checkpoint, args.output_dir / "runs" / f"{loss}-sp{args.sp}-{length}", loss, length,
+                            args.sp, args.max_seconds)
             if row is None:
                 print(f"{loss}: {length} tokens failed or timed out; stopping")
                 break
@@ -106,8 +148,9 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
             length *= 2
-    (args.output_dir / "long_context_memory.json").write_text(json.dumps(rows, indent=2) + "\n")
-    plot(rows, args.output_dir / "long_context_memory.png")
+    name = "long_context_memory" if args.sp == 1 else f"long_context_memory_sp{args.sp}"
+    (args.output_dir / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    plot(rows, args.output_dir / f"{name}.png", args.sp)
 
 
 if __name__ == "__main__":

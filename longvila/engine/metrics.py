@@ -10,7 +10,8 @@ from typing import Any, Optional
 
 import torch
 
-METRIC_KEYS = ("step", "loss", "num_tokens", "learning_rate", "grad_norm", "tokens_per_sec", "max_memory_gb")
+METRIC_KEYS = ("step", "loss", "num_tokens", "learning_rate", "grad_norm", "tokens_per_sec", "step_seconds",
+               "max_memory_gb")
 
 
 def host_peak_memory_gb() -> float:

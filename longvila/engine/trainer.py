@@ -148,11 +148,11 @@ class Trainer:
         set_rng_state(state["rng"])
 
     # ------------------------------------------------------------------ training
-    def _all_reduce(self, values: list[float], group=None) -> list[float]:
+    def _all_reduce(self, values: list[float], group=None, op=dist.ReduceOp.SUM) -> list[float]:
         tensor = torch.tensor(values, dtype=torch.float64)
         if self.env.backend == "nccl":
             tensor = tensor.to(self.env.device)
-        dist.all_reduce(tensor, group=group)
+        dist.all_reduce(tensor, op=op, group=group)
         return tensor.tolist()
 
     def train_step(self) -> StepResult:
@@ -215,7 +215,10 @@ class Trainer:
                     "learning_rate": float(self.scheduler.get_last_lr()[0]),
                     "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                     "tokens_per_sec": result.num_positions / elapsed,
-                    "max_memory_gb": max_memory_gb(self.env.device),
+                    "step_seconds": elapsed,
+                    # the fullest rank: SP ranks differ (the last shard carries the padding), and it is the one
+                    # that runs out first
+                    "max_memory_gb": self._all_reduce([max_memory_gb(self.env.device)], op=dist.ReduceOp.MAX)[0],
                     "skipped_samples": int(skipped),
                     "epoch": self.stream.epoch,
                 }

@@ -25,10 +25,10 @@ def test_offload_path_runs_and_changes_nothing():
     from longvila.model.checkpoint import load_vila
     from longvila.model.tiny import tiny_model_path
 
-    model, _, _ = load_vila(tiny_model_path())
+    model, tok, _ = load_vila(tiny_model_path())
     model.train()
     model.enable_gradient_checkpointing()
-    ids = torch.randint(0, 500, (1, 64))
+    ids = torch.randint(max(tok.added_tokens_decoder) + 1, 500, (1, 64))  # no special or media token
     labels = ids.clone()
 
     def step(offload):
