@@ -6,8 +6,8 @@ What runs is ALST as its authors describe it (DeepSpeed's ``ulysses_sp.py``; Arc
 ``UlyssesSPAttentionHF.register_with_transformers`` over ``sdpa``, ``UlyssesSPDataLoaderAdapter`` for the
 contiguous sequence shards and shifted labels, ``TiledMLP`` patched into ``Qwen2MLP.forward`` with
 ceil(seqlen / hidden) shards, ``TiledFusedLogitsLoss`` over the LM head with ~1 GiB fp32 logit shards, HF
-non-reentrant gradient checkpointing, and the same DeepSpeed config, AdamW and learning rate as our stage 4
-(``parse_stage_args`` of the packaged recipe with the same flags). ``--untiled`` drops TiledMLP and the tiled loss
+non-reentrant gradient checkpointing, and the same DeepSpeed config, AdamW and schedule as our stage 4
+(``parse_stage_args`` of the packaged recipe; ``longvila.engine.trainer.build_optimizer``). ``--untiled`` drops TiledMLP and the tiled loss
 (plain HF loss) to show what ALST's tiling buys.
 
 The tokens are ours: the first two micro-batches our stage-4 stream yields for ``--length`` (same data, seed and
@@ -111,6 +111,7 @@ def main() -> None:
     from longvila.config import parse_stage_args
     from longvila.engine.deepspeed_config import build_deepspeed_config
     from longvila.engine.metrics import host_peak_memory_gb
+    from longvila.engine.trainer import build_optimizer
 
     deepspeed.init_distributed(dist_backend="gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -124,10 +125,9 @@ def main() -> None:
                                                           micro_batch_size=1, seq_length_is_variable=True)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
-    optimizer = torch.optim.AdamW(model.parameters(), lr=stage.train.learning_rate,
-                                  weight_decay=stage.train.weight_decay)
+    optimizer, scheduler = build_optimizer(list(model.parameters()), stage.train, total_steps=args.steps)
     config = build_deepspeed_config(stage.train, world_size=world // mpu.get_sequence_parallel_world_size(), bf16=False)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config, mpu=mpu)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config, mpu=mpu)
 
     batches = our_batches(args.checkpoint, args.data_dir, args.length, world * math.ceil(args.steps / world))
     mine = [{"input_ids": b["input_ids"], "position_ids": b["position_ids"], "labels": b["labels"]}

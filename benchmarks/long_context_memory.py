@@ -112,7 +112,7 @@ def main() -> None:
                         "naive,default,alst_untiled,alst under SP")
     parser.add_argument("--start", type=int, default=2048)
     parser.add_argument("--max_length", type=int, default=32768)
-    parser.add_argument("--budget_gb", type=float, default=20.0)
+    parser.add_argument("--budget_gb", type=float, default=20.0, help="per rank (all ranks share one host here)")
     parser.add_argument("--max_seconds", type=float, default=1800.0, help="per run")
     args = parser.parse_args()
 
@@ -127,31 +127,40 @@ def main() -> None:
     unknown = [name for name in systems if name not in SYSTEMS]
     if unknown or (args.sp == 1 and any(name in ALST for name in systems)):
         parser.error(f"--systems: unknown {unknown}" if unknown else "ALST runs only with --sp 2 or more")
-    rows: list[dict] = []
-    for loss in systems:
-        length, done = args.start, []
-        while length <= args.max_length:
-            if len(done) >= 2:
-                (l1, m1), (l2, m2) = done[-2:]
+    name = "long_context_memory" if args.sp == 1 else f"long_context_memory_sp{args.sp}"
+    results = args.output_dir / f"{name}.json"
+    # Rows of systems this run does not measure are kept, so a comparison can be built up over several runs.
+    rows = [r for r in json.loads(results.read_text()) if r["system"] not in systems] if results.is_file() else []
+    done: dict[str, list[tuple[int, float]]] = {system: [] for system in systems}
+    stopped: set[str] = set()
+    length = args.start
+    while length <= args.max_length and len(stopped) < len(systems):
+        for system in systems:  # lengths outside, systems inside: an interrupted run still compares like with like
+            if system in stopped:
+                continue
+            if len(done[system]) >= 2:
+                (l1, m1), (l2, m2) = done[system][-2:]
                 predicted = m2 + (m2 - m1) / (l2 - l1) * (length - l2)
                 if predicted > args.budget_gb:
-                    print(f"{loss}: {length} tokens predicted at {predicted:.1f} GB > budget; stopping")
-                    break
-            row = run_point(checkpoint, args.output_dir / "runs" / f"{loss}-sp{args.sp}-{length}", loss, length,
+                    print(f"{system}: {length} tokens predicted at {predicted:.1f} GB/rank > budget; stopping")
+                    stopped.add(system)
+                    continue
+            row = run_point(checkpoint, args.output_dir / "runs" / f"{system}-sp{args.sp}-{length}", system, length,
                             args.sp, args.max_seconds)
             if row is None:
-                print(f"{loss}: {length} tokens failed or timed out; stopping")
-                break
-            if done:
-                row["gb_per_1k_tokens"] = (row["peak_gb"] - done[-1][1]) / ((length - done[-1][0]) / 1000)
-            done.append((length, row["peak_gb"]))
+                print(f"{system}: {length} tokens failed or timed out; stopping")
+                stopped.add(system)
+                continue
+            if done[system]:
+                last_length, last_peak = done[system][-1]
+                row["gb_per_1k_tokens"] = (row["peak_gb"] - last_peak) / ((length - last_length) / 1000)
+            done[system].append((length, row["peak_gb"]))
             rows.append(row)
             print(json.dumps(row), flush=True)
-            length *= 2
-    name = "long_context_memory" if args.sp == 1 else f"long_context_memory_sp{args.sp}"
-    (args.output_dir / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")
+            results.write_text(json.dumps(rows, indent=2) + "\n")
+        length *= 2
+    results.write_text(json.dumps(rows, indent=2) + "\n")
     plot(rows, args.output_dir / f"{name}.png", args.sp)
-
 
 if __name__ == "__main__":
     main()

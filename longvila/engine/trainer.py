@@ -62,6 +62,17 @@ class StepResult:
     num_positions: int
 
 
+def build_optimizer(params: list[torch.nn.Parameter], train: TrainArguments, total_steps: int):
+    """AdamW and the warmup + decay schedule every stage trains with (benchmarks/alst_step.py gives the peer the same)."""
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=train.weight_decay, betas=(0.9, 0.95))
+    scheduler = get_scheduler(train.lr_scheduler_type, optimizer,
+                              num_warmup_steps=math.ceil(train.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    return optimizer, scheduler
+
+
 class Trainer:
     """Runs ``max_steps`` optimizer steps of ``model`` on ``stream``; resumable; rank 0 logs."""
 
@@ -77,7 +88,6 @@ class Trainer:
         ds_config: Optional[dict[str, Any]] = None,
     ):
         import deepspeed
-        from transformers import get_scheduler
 
         self.train_args, self.env, self.stream = train, env, stream
         self.count_supervised = count_supervised
@@ -90,12 +100,7 @@ class Trainer:
         trainable = [p for p in model.parameters() if p.requires_grad]
         if not trainable:
             raise ValueError("no trainable parameters: the stage froze the whole model")
-        optimizer = torch.optim.AdamW(trainable, lr=train.learning_rate, weight_decay=train.weight_decay,
-                                      betas=(0.9, 0.95))
-        scheduler = get_scheduler(
-            train.lr_scheduler_type, optimizer,
-            num_warmup_steps=math.ceil(train.warmup_ratio * total_steps), num_training_steps=total_steps,
-        )
+        optimizer, scheduler = build_optimizer(trainable, train, total_steps)
         self.ds_config = ds_config or build_deepspeed_config(train, env.world_size, self.bf16)
         if self.ds_config["zero_optimization"].get("stage") == 3:
             register_external = getattr(model, "zero3_external_parameters", lambda: [])

@@ -76,12 +76,16 @@ def _ce_chunk_triton(logits, labels, grad):
 
 
 def _ce_chunk_torch(logits, labels, grad):
-    """Same contract as the Triton kernel, in torch (used where Triton cannot run)."""
+    """Same contract as the Triton kernel, in torch (used where Triton cannot run).
+
+    The softmax is formed in place in ``logits`` (no longer needed once the loss is read), so a chunk costs one
+    logits buffer, not two."""
     lse = torch.logsumexp(logits, dim=-1)
     loss = lse - logits.gather(1, labels[:, None]).squeeze(1)
-    g = torch.exp(logits - lse[:, None])
-    g[torch.arange(labels.numel(), device=labels.device), labels] -= 1.0
-    grad.copy_(g)
+    probs = logits.sub_(lse[:, None]).exp_()
+    probs[torch.arange(labels.numel(), device=labels.device), labels] -= 1.0
+    if grad is not probs:
+        grad.copy_(probs)
     return loss
 
 
