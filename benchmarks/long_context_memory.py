@@ -2,9 +2,10 @@
 
     python benchmarks/long_context_memory.py --output_dir runs/long_context_memory            # one process
     python benchmarks/long_context_memory.py --output_dir runs/long_context_memory --sp 2     # with ALST beside us
+    python benchmarks/long_context_memory.py --output_dir runs/long_context_memory --llm qwen2-7b --llm_layers 1 --lora
 
-Builds (once) a VILA-layout checkpoint with Qwen2-1.5B's layer shapes and its 151,936-token vocabulary but only 2
-decoder layers (``longvila.model.real_shapes``). Each (system, length) point is a fresh run of two optimizer steps
+Builds (once) a VILA-layout checkpoint with a released LLM's layer shapes and real vocabulary but few decoder layers
+(``longvila.model.real_shapes``; Qwen2-1.5B with 2 layers by default). Each (system, length) point is a fresh run of two optimizer steps
 (two, because AdamW allocates its state in the first: only the second step's peak holds weights, gradients,
 optimizer state and activations at once), fp32 on CPU with gradient checkpointing, at 2K, 4K, 8K, ... until a run
 would exceed ``--budget_gb`` per rank (predicted from the previous two lengths, so the machine is never driven out
@@ -50,7 +51,8 @@ def launcher(sp: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(sp), "--master_port", str(port)]
 
 
-def point_command(checkpoint: Path, out: Path, system: str, length: int, sp: int) -> tuple[list[str], Path]:
+def point_command(checkpoint: Path, out: Path, system: str, length: int, sp: int,
+                  extra: list[str]) -> tuple[list[str], Path]:
     """The command for one (system, length) point and the JSON-lines file its steps land in."""
     data_dir = out.parent.parent / "data"
     if system in ALST:
@@ -61,11 +63,12 @@ def point_command(checkpoint: Path, out: Path, system: str, length: int, sp: int
     return ([*launcher(sp), *module, "--init_from", str(checkpoint), "--output_dir", str(out),
              "--data_dir", str(data_dir), "--max_steps", "2", "--model_max_length", str(length),
              "--gradient_checkpointing", "true", "--rope_theta", "1000000", "--disable_tqdm", "true",
-             "--bf16", "false", *parallel, *OURS[system]], out / "metrics.jsonl")
+             "--bf16", "false", *parallel, *OURS[system], *extra], out / "metrics.jsonl")
 
 
-def run_point(checkpoint: Path, out: Path, system: str, length: int, sp: int, timeout: float) -> dict | None:
-    command, metrics = point_command(checkpoint, out, system, length, sp)
+def run_point(checkpoint: Path, out: Path, system: str, length: int, sp: int, extra: list[str],
+              timeout: float) -> dict | None:
+    command, metrics = point_command(checkpoint, out, system, length, sp, extra)
     threads = max(1, (os.cpu_count() or 1) // sp)
     started = time.perf_counter()
     try:
@@ -77,12 +80,14 @@ def run_point(checkpoint: Path, out: Path, system: str, length: int, sp: int, ti
         print(result.stderr[-2000:], file=sys.stderr)
         return None
     first, last = (json.loads(line) for line in metrics.read_text().splitlines()[:2])
+    for weights in out.rglob("*.safetensors"):  # the trained model is not the point; keep the disk free
+        weights.unlink()
     return {"system": system, "sp": sp, "tokens": length, "peak_gb": last["max_memory_gb"],
             "tokens_per_sec": length / last["step_seconds"], "step_seconds": last["step_seconds"],
             "first_loss": first["loss"], "wall_s": time.perf_counter() - started}
 
 
-def plot(rows: list[dict], path: Path, sp: int) -> None:
+def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,17 +101,21 @@ def plot(rows: list[dict], path: Path, sp: int) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("tokens per step")
     ax.set_ylabel("peak resident memory per rank (GB)")
-    ranks = "one process" if sp == 1 else f"SP={sp} (Ulysses) on {sp} gloo ranks"
-    ax.set_title(f"Stage 4, Qwen2-1.5B shapes (2 layers, 152K vocab), fp32 CPU, {ranks}", fontsize=9)
+    ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
-def main() -> None:
+def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", type=Path, required=True)
+    parser.add_argument("--llm", default="qwen2-1.5b", help="layer shapes (longvila.model.real_shapes.LLM_SHAPES)")
+    parser.add_argument("--llm_layers", type=int, default=2)
+    parser.add_argument("--lora", action="store_true", help="LoRA on the LLM, for shapes whose full fine-tune "
+                        "does not fit the host (Qwen2-7B's untied embedding and head alone are 1.1 B parameters: "
+                        "17 GB of fp32 weights, gradients and AdamW state)")
     parser.add_argument("--sp", type=int, default=1, help="sequence-parallel ranks; ALST joins from 2")
     parser.add_argument("--systems", default=None, help="comma list; default: naive,chunked,default at SP=1, "
                         "naive,default,alst_untiled,alst under SP")
@@ -114,21 +123,32 @@ def main() -> None:
     parser.add_argument("--max_length", type=int, default=32768)
     parser.add_argument("--budget_gb", type=float, default=20.0, help="per rank (all ranks share one host here)")
     parser.add_argument("--max_seconds", type=float, default=1800.0, help="per run")
-    args = parser.parse_args()
-
-    from longvila.model.real_shapes import build_real_shape_checkpoint
-
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = args.output_dir / "qwen2-1.5b-2L"
-    if not (checkpoint / "config.json").is_file():
-        build_real_shape_checkpoint(checkpoint)
+    args = parser.parse_args(argv)
     systems = (args.systems or ("naive,chunked,default" if args.sp == 1 else "naive,default,alst_untiled,alst"))
     systems = systems.split(",")
     unknown = [name for name in systems if name not in SYSTEMS]
-    if unknown or (args.sp == 1 and any(name in ALST for name in systems)):
-        parser.error(f"--systems: unknown {unknown}" if unknown else "ALST runs only with --sp 2 or more")
-    name = "long_context_memory" if args.sp == 1 else f"long_context_memory_sp{args.sp}"
-    results = args.output_dir / f"{name}.json"
+    if unknown:
+        parser.error(f"--systems: unknown {unknown}; known: {', '.join(SYSTEMS)}")
+    if args.sp == 1 and any(name in ALST for name in systems):
+        parser.error("--systems: ALST runs only with --sp 2 or more")
+    if args.lora and any(name in ALST for name in systems):
+        parser.error("--lora: the ALST runner trains the full model; pass --systems without alst")
+    return args, systems
+
+
+def main() -> None:
+    args, systems = parse_args()
+    from longvila.model.real_shapes import build_real_shape_checkpoint
+
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    probe = f"{args.llm}-{args.llm_layers}L"
+    checkpoint = args.output_dir / probe
+    if not (checkpoint / "config.json").is_file():
+        build_real_shape_checkpoint(checkpoint, llm=args.llm, llm_layers=args.llm_layers)
+    extra = ["--lora_llm", "true"] if args.lora else []
+    tag = "".join([f"_sp{args.sp}" if args.sp > 1 else "", f"_{probe}" if probe != "qwen2-1.5b-2L" else "",
+                   "_lora" if args.lora else ""])
+    results = args.output_dir / f"long_context_memory{tag}.json"
     # Rows of systems this run does not measure are kept, so a comparison can be built up over several runs.
     rows = [r for r in json.loads(results.read_text()) if r["system"] not in systems] if results.is_file() else []
     done: dict[str, list[tuple[int, float]]] = {system: [] for system in systems}
@@ -145,12 +165,13 @@ def main() -> None:
                     print(f"{system}: {length} tokens predicted at {predicted:.1f} GB/rank > budget; stopping")
                     stopped.add(system)
                     continue
-            row = run_point(checkpoint, args.output_dir / "runs" / f"{system}-sp{args.sp}-{length}", system, length,
-                            args.sp, args.max_seconds)
+            out = args.output_dir / "runs" / f"{system}{tag}-{length}"
+            row = run_point(checkpoint, out, system, length, args.sp, extra, args.max_seconds)
             if row is None:
                 print(f"{system}: {length} tokens failed or timed out; stopping")
                 stopped.add(system)
                 continue
+            row.update(llm=args.llm, llm_layers=args.llm_layers, lora=args.lora)
             if done[system]:
                 last_length, last_peak = done[system][-1]
                 row["gb_per_1k_tokens"] = (row["peak_gb"] - last_peak) / ((length - last_length) / 1000)
@@ -160,7 +181,10 @@ def main() -> None:
             results.write_text(json.dumps(rows, indent=2) + "\n")
         length *= 2
     results.write_text(json.dumps(rows, indent=2) + "\n")
-    plot(rows, args.output_dir / f"{name}.png", args.sp)
+    ranks = "one process" if args.sp == 1 else f"SP={args.sp} (Ulysses) on {args.sp} gloo ranks"
+    title = f"Stage 4, {args.llm} shapes ({args.llm_layers} layers{', LoRA' if args.lora else ''}), fp32 CPU, {ranks}"
+    plot(rows, results.with_suffix(".png"), title)
+
 
 if __name__ == "__main__":
     main()
