@@ -26,12 +26,15 @@ import json
 import math
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True, help="a VILA-layout folder (its llm/ is used)")
-    parser.add_argument("--data_dir", type=Path, required=True)
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data_dir", type=Path, help="our synthetic stage-4 data, built there if missing")
+    data.add_argument("--data_path", type=Path, help="a long-text JSONL file, as our --data_path")
     parser.add_argument("--length", type=int, required=True, help="tokens per sequence (global, before SP)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=2)
@@ -58,8 +61,14 @@ def patch_tiled_mlp() -> None:
     modeling_qwen2.Qwen2MLP.forward = tiled_forward
 
 
-def tiled_loss_sum(lm_head, hidden, shift_labels, tied: bool):
-    """Sum of token CE through TiledFusedLogitsLoss, with ALST's ~1 GiB-per-shard sizing of the fp32 logits."""
+def tiled_scaled_loss(lm_head, hidden, shift_labels, scale: float, tied: bool):
+    """``scale`` x (sum of token CE) through TiledFusedLogitsLoss, with ALST's ~1 GiB shards of fp32 logits.
+
+    The scale goes inside the shard function: TiledFusedLogitsLoss runs each shard's backward during its forward
+    with an incoming gradient of 1, so the LM-head weight gradient never sees a factor applied to its output later
+    (only the hidden-state gradient does). Scaling the output afterwards left the head's gradient count-times too
+    large (grad norms 50x ours in tests/stages/test_alst_reference.py).
+    """
     import torch.nn.functional as F
     from deepspeed.runtime.sequence_parallel.ulysses_sp import TiledFusedLogitsLoss
 
@@ -67,7 +76,7 @@ def tiled_loss_sum(lm_head, hidden, shift_labels, tied: bool):
 
     def loss_fn(head, x, y):
         logits = head(x).float()
-        return F.cross_entropy(logits.view(-1, vocab), y.reshape(-1), ignore_index=-100, reduction="sum")
+        return F.cross_entropy(logits.view(-1, vocab), y.reshape(-1), ignore_index=-100, reduction="sum") * scale
 
     shards = max(1, math.ceil(hidden.shape[0] * hidden.shape[1] * vocab * 4 / 2**30))
     weight = lm_head.weight
@@ -82,21 +91,20 @@ def tiled_loss_sum(lm_head, hidden, shift_labels, tied: bool):
     return loss
 
 
-def our_batches(checkpoint: Path, data_dir: Path, length: int, count: int) -> list[dict]:
-    """The first ``count`` micro-batches our stage-4 stream yields at ``length`` (same flags as the benchmark)."""
+def our_batches(args: argparse.Namespace, stage, count: int) -> list[dict]:
+    """The first ``count`` micro-batches our stage-4 stream yields for these flags (same data, seed and packing)."""
     from transformers import AutoTokenizer
 
-    from longvila.config import parse_stage_args
     from longvila.data.collate import collate
     from longvila.data.packing import PackedTextDataset
     from longvila.data.synthetic import ensure_synthetic_data
     from longvila.engine.data_stream import MicroBatchStream
 
-    args = parse_stage_args("s4_context_ext", ["--output_dir", "unused", "--model_max_length", str(length)])
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint / "llm")
-    dataset = PackedTextDataset(ensure_synthetic_data("s4_context_ext", data_dir), tokenizer, length)
+    tokenizer = AutoTokenizer.from_pretrained(args.checkpoint / "llm")
+    path = args.data_path or ensure_synthetic_data("s4_context_ext", args.data_dir)
+    dataset = PackedTextDataset(path, tokenizer, args.length)
     stream = MicroBatchStream(dataset, lambda samples: collate(samples, tokenizer.pad_token_id),
-                              args.train.per_device_train_batch_size, seed=args.train.seed)
+                              stage.train.per_device_train_batch_size, seed=stage.train.seed)
     return [stream.next_batch() for _ in range(count)]
 
 
@@ -112,24 +120,30 @@ def main() -> None:
     from longvila.engine.deepspeed_config import build_deepspeed_config
     from longvila.engine.metrics import host_peak_memory_gb
     from longvila.engine.trainer import build_optimizer
+    from longvila.model.rope import extend_context
 
     deepspeed.init_distributed(dist_backend="gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    stage = parse_stage_args("s4_context_ext", ["--output_dir", str(args.out), "--bf16", "false"])
+    stage = parse_stage_args("s4_context_ext", ["--output_dir", str(args.out), "--bf16", "false",
+                                                "--model_max_length", str(args.length)])
     torch.manual_seed(stage.train.seed)
     if not args.untiled:
         patch_tiled_mlp()
     model = AutoModelForCausalLM.from_pretrained(args.checkpoint / "llm", dtype=torch.float32,
                                                  attn_implementation="sdpa")
+    # the RoPE base and context length our stage 4 sets (the recipe's rope_theta)
+    extend_context(SimpleNamespace(llm=model), max(model.config.max_position_embeddings, args.length),
+                   theta=stage.model.rope_theta)
     mpu = UlyssesSPAttentionHF.register_with_transformers(model, "sdpa", sequence_parallel_size=world,
-                                                          micro_batch_size=1, seq_length_is_variable=True)
+                                                          micro_batch_size=stage.train.per_device_train_batch_size,
+                                                          seq_length_is_variable=True)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     optimizer, scheduler = build_optimizer(list(model.parameters()), stage.train, total_steps=args.steps)
     config = build_deepspeed_config(stage.train, world_size=world // mpu.get_sequence_parallel_world_size(), bf16=False)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config, mpu=mpu)
 
-    batches = our_batches(args.checkpoint, args.data_dir, args.length, world * math.ceil(args.steps / world))
+    batches = our_batches(args, stage, world * math.ceil(args.steps / world))
     mine = [{"input_ids": b["input_ids"], "position_ids": b["position_ids"], "labels": b["labels"]}
             for b in batches[rank::world]]
     loader = UlyssesSPDataLoaderAdapter(mine, sp_rank=rank, sp_group=mpu.get_sequence_parallel_group(),
@@ -141,25 +155,32 @@ def main() -> None:
         dist.barrier()
         started = time.perf_counter()
         labels = batch["shift_labels"]
+        # with an mpu DeepSpeed sums the SP ranks' gradients and averages over data parallelism only
+        count = (labels != -100).sum().float()
+        total = count.clone()
+        dist.all_reduce(total)
+        scale = (world // mpu.get_sequence_parallel_world_size()) / float(total)
         if args.untiled:
             logits = engine(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits.float()
-            loss_sum = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1),
-                                                         ignore_index=-100, reduction="sum")
+            loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1),
+                                                     ignore_index=-100, reduction="sum") * scale
         else:
             hidden = engine.module.model(input_ids=batch["input_ids"],
                                          position_ids=batch["position_ids"]).last_hidden_state
-            loss_sum = tiled_loss_sum(engine.module.lm_head, hidden, labels, model.config.tie_word_embeddings)
-        count = (labels != -100).sum().float()
-        totals = torch.stack([loss_sum.detach(), count])
-        dist.all_reduce(totals)
-        engine.backward(loss_sum * world / totals[1])  # DeepSpeed averages over the SP ranks
+            loss = tiled_scaled_loss(engine.module.lm_head, hidden, labels, scale, model.config.tie_word_embeddings)
+        loss_sum = loss.detach() / scale
+        dist.all_reduce(loss_sum)
+        totals = (loss_sum, total)
+        engine.backward(loss)
         engine.step()
         dist.barrier()
         seconds = time.perf_counter() - started
         peak = torch.tensor(host_peak_memory_gb())
         dist.all_reduce(peak, op=dist.ReduceOp.MAX)
         if log is not None:
+            norm = engine.get_global_grad_norm()
             record = {"step": step, "loss": float(totals[0] / totals[1]), "num_tokens": int(totals[1]),
+                      "grad_norm": float(norm) if norm is not None else float("nan"),
                       "step_seconds": seconds, "tokens_per_sec": args.length / seconds, "max_memory_gb": float(peak)}
             log.write(json.dumps(record) + "\n")
             log.flush()
