@@ -95,7 +95,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for system in SYSTEMS:
-        points = [(r["tokens"], r["peak_gb"]) for r in rows if r["system"] == system]
+        points = sorted((r["tokens"], r["peak_gb"]) for r in rows if r["system"] == system)
         if points:
             ax.plot(*zip(*points), marker="o", label=system)
     ax.set_xscale("log", base=2)
@@ -121,7 +121,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
                         "naive,default,alst_untiled,alst under SP")
     parser.add_argument("--start", type=int, default=2048)
     parser.add_argument("--max_length", type=int, default=32768)
-    parser.add_argument("--budget_gb", type=float, default=20.0, help="per rank (all ranks share one host here)")
+    parser.add_argument("--budget_gb", type=float, default=20.0, help="per rank (all ranks share one host here); a "
+                        "length predicted (linearly from the last two) to exceed it is not run")
     parser.add_argument("--max_seconds", type=float, default=1800.0, help="per run")
     args = parser.parse_args(argv)
     systems = (args.systems or ("naive,chunked,default" if args.sp == 1 else "naive,default,alst_untiled,alst"))
@@ -149,9 +150,11 @@ def main() -> None:
     tag = "".join([f"_sp{args.sp}" if args.sp > 1 else "", f"_{probe}" if probe != "qwen2-1.5b-2L" else "",
                    "_lora" if args.lora else ""])
     results = args.output_dir / f"long_context_memory{tag}.json"
-    # Rows of systems this run does not measure are kept, so a comparison can be built up over several runs.
-    rows = [r for r in json.loads(results.read_text()) if r["system"] not in systems] if results.is_file() else []
-    done: dict[str, list[tuple[int, float]]] = {system: [] for system in systems}
+    # Earlier rows are kept unless this run measures the same (system, length) again, so a comparison can be built
+    # up over several runs; a system's earlier, shorter points seed its growth and budget prediction.
+    rows = json.loads(results.read_text()) if results.is_file() else []
+    done = {system: sorted((r["tokens"], r["peak_gb"]) for r in rows if r["system"] == system
+                           and r["tokens"] < args.start) for system in systems}
     stopped: set[str] = set()
     length = args.start
     while length <= args.max_length and len(stopped) < len(systems):
@@ -176,7 +179,7 @@ def main() -> None:
                 last_length, last_peak = done[system][-1]
                 row["gb_per_1k_tokens"] = (row["peak_gb"] - last_peak) / ((length - last_length) / 1000)
             done[system].append((length, row["peak_gb"]))
-            rows.append(row)
+            rows = [r for r in rows if (r["system"], r["tokens"]) != (system, length)] + [row]
             print(json.dumps(row), flush=True)
             results.write_text(json.dumps(rows, indent=2) + "\n")
         length *= 2
