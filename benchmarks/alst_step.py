@@ -15,8 +15,8 @@ packing). Rank r feeds batch r to the adapter, so step 1 trains batch 0 and step
 One difference is ALST's, not ours to fix: with ``sdpa`` its Ulysses wrapper drops the attention mask and attends
 causally across packed-document boundaries, where our attention stops at them; losses therefore differ a little.
 
-Rank 0 writes one JSON line per step to ``<out>/alst_metrics.jsonl``: loss, step seconds, and the resident-set peak
-as the max over ranks (the same ``ru_maxrss`` measure our metrics use).
+Rank 0 writes one JSON line per step to ``<out>/alst_metrics.jsonl``: loss, grad norm, step seconds, and the
+resident-set peaks as the max over ranks, measured as our trainer does: the whole run's and the step's own.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def main() -> None:
 
     from longvila.config import parse_stage_args
     from longvila.engine.deepspeed_config import build_deepspeed_config
-    from longvila.engine.metrics import host_peak_memory_gb
+    from longvila.engine.metrics import host_peak_memory_gb, reset_peak_memory
     from longvila.engine.trainer import build_optimizer
     from longvila.model.rope import extend_context
 
@@ -150,8 +150,11 @@ def main() -> None:
                                         sp_world_size=world, device=torch.device("cpu"))
     args.out.mkdir(parents=True, exist_ok=True)
     log = open(args.out / "alst_metrics.jsonl", "w") if rank == 0 else None
+    run_peak = 0.0
     for step in range(1, args.steps + 1):
         batch = next(loader)
+        run_peak = max(run_peak, host_peak_memory_gb())  # loading, set-up and earlier steps, as our trainer
+        reset_peak_memory(torch.device("cpu"))
         dist.barrier()
         started = time.perf_counter()
         labels = batch["shift_labels"]
@@ -175,13 +178,15 @@ def main() -> None:
         engine.step()
         dist.barrier()
         seconds = time.perf_counter() - started
-        peak = torch.tensor(host_peak_memory_gb())
-        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+        step_peak = host_peak_memory_gb()
+        peaks = torch.tensor([max(run_peak, step_peak), step_peak])
+        dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
         if log is not None:
             norm = engine.get_global_grad_norm()
             record = {"step": step, "loss": float(totals[0] / totals[1]), "num_tokens": int(totals[1]),
                       "grad_norm": float(norm) if norm is not None else float("nan"),
-                      "step_seconds": seconds, "tokens_per_sec": args.length / seconds, "max_memory_gb": float(peak)}
+                      "step_seconds": seconds, "tokens_per_sec": args.length / seconds, "max_memory_gb": float(peaks[0]),
+                      "step_peak_memory_gb": float(peaks[1])}
             log.write(json.dumps(record) + "\n")
             log.flush()
             print(json.dumps(record), flush=True)

@@ -9,8 +9,9 @@ Builds (once) a VILA-layout checkpoint with a released LLM's layer shapes and re
 (two, because AdamW allocates its state in the first: only the second step's peak holds weights, gradients,
 optimizer state and activations at once), fp32 on CPU with gradient checkpointing, at 2K, 4K, 8K, ... until a run
 would exceed ``--budget_gb`` per rank (predicted from the previous two lengths, so the machine is never driven out
-of memory), fails, or passes ``--max_seconds``. A point is the resident-set peak over both steps, max over ranks,
-and the second step's tokens/s (global tokens / step seconds); growth is GB per 1K tokens between lengths.
+of memory), fails, or passes ``--max_seconds``. A point is the resident-set peak over both steps (``peak_gb``) and
+over the second step alone (``step_peak_gb``, apart from loading and set-up), each the max over ranks, and the second
+step's tokens/s (global tokens / step seconds); growth is GB per 1K tokens between lengths.
 
 Systems: ``naive`` (full-logits loss, untiled MLP: the old default), ``chunked`` (chunked loss only), ``default``
 (chunked loss + tiled MLP). With ``--sp N`` ours run Ulysses SP over N gloo ranks (``torchrun``), and DeepSpeed ALST
@@ -83,6 +84,7 @@ def run_point(checkpoint: Path, out: Path, system: str, length: int, sp: int, ex
     for weights in out.rglob("*.safetensors"):  # the trained model is not the point; keep the disk free
         weights.unlink()
     return {"system": system, "sp": sp, "tokens": length, "peak_gb": last["max_memory_gb"],
+            "step_peak_gb": last.get("step_peak_memory_gb"),
             "tokens_per_sec": length / last["step_seconds"], "step_seconds": last["step_seconds"],
             "first_loss": first["loss"], "wall_s": time.perf_counter() - started}
 

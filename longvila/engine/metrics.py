@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 
 METRIC_KEYS = ("step", "loss", "num_tokens", "learning_rate", "grad_norm", "tokens_per_sec", "step_seconds",
-               "max_memory_gb")
+               "max_memory_gb", "step_peak_memory_gb")
 
 
 def host_peak_memory_gb() -> float:
@@ -21,10 +21,29 @@ def host_peak_memory_gb() -> float:
 
 
 def max_memory_gb(device: torch.device) -> float:
-    """Peak memory of this process: CUDA allocator peak on GPU, resident-set peak on CPU."""
+    """Peak memory of this process since the start or the last ``reset_peak_memory``: CUDA allocator peak on GPU,
+    resident-set peak on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return host_peak_memory_gb()
+
+
+def reset_peak_memory(device: torch.device) -> bool:
+    """Start a new peak window, so a step's own peak can be read apart from loading and set-up.
+
+    On CPU this resets the kernel's resident-set high-water mark (Linux ``/proc/self/clear_refs``, which
+    ``ru_maxrss`` follows); returns False where that is not possible (other systems), and the peak then keeps
+    counting from the start of the process.
+    """
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
 
 
 class MetricsLogger:

@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from longvila.engine.metrics import METRIC_KEYS, MetricsLogger, max_memory_gb, read_metrics
+import sys
+
+from longvila.engine.metrics import METRIC_KEYS, MetricsLogger, max_memory_gb, read_metrics, reset_peak_memory
 
 
 def record(step, loss):
@@ -28,3 +30,17 @@ def test_incomplete_record_is_rejected(tmp_path):
 
 def test_cpu_peak_memory_is_plausible():
     assert 0.01 < max_memory_gb(torch.device("cpu")) < 64
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the resident-set peak resets on Linux only")
+def test_peak_window_resets_so_a_step_is_measured_apart_from_loading():
+    cpu = torch.device("cpu")
+    big = torch.ones(2**28)  # 1 GiB resident
+    big.add_(1.0)
+    before = max_memory_gb(cpu)
+    del big
+    assert reset_peak_memory(cpu)
+    small = torch.ones(2**26)  # 0.25 GiB
+    small.add_(1.0)
+    after = max_memory_gb(cpu)
+    assert after < before - 0.5, (before, after)
