@@ -118,7 +118,7 @@ def main() -> None:
 
     from longvila.config import parse_stage_args
     from longvila.engine.deepspeed_config import build_deepspeed_config
-    from longvila.engine.metrics import host_peak_memory_gb, reset_peak_memory
+    from longvila.engine.metrics import PeakMemoryWindows
     from longvila.engine.trainer import build_optimizer
     from longvila.model.rope import extend_context
 
@@ -150,17 +150,15 @@ def main() -> None:
                                         sp_world_size=world, device=torch.device("cpu"))
     args.out.mkdir(parents=True, exist_ok=True)
     log = open(args.out / "alst_metrics.jsonl", "w") if rank == 0 else None
-    run_peak = 0.0
+    peaks = PeakMemoryWindows(torch.device("cpu"))
     for step in range(1, args.steps + 1):
         batch = next(loader)
-        run_peak = max(run_peak, host_peak_memory_gb())  # loading, set-up and earlier steps, as our trainer
-        reset_peak_memory(torch.device("cpu"))
+        peaks.begin_step()
         dist.barrier()
         started = time.perf_counter()
         labels = batch["shift_labels"]
         # with an mpu DeepSpeed sums the SP ranks' gradients and averages over data parallelism only
-        count = (labels != -100).sum().float()
-        total = count.clone()
+        total = (labels != -100).sum().float()
         dist.all_reduce(total)
         scale = (world // mpu.get_sequence_parallel_world_size()) / float(total)
         if args.untiled:
@@ -173,20 +171,18 @@ def main() -> None:
             loss = tiled_scaled_loss(engine.module.lm_head, hidden, labels, scale, model.config.tie_word_embeddings)
         loss_sum = loss.detach() / scale
         dist.all_reduce(loss_sum)
-        totals = (loss_sum, total)
         engine.backward(loss)
         engine.step()
         dist.barrier()
         seconds = time.perf_counter() - started
-        step_peak = host_peak_memory_gb()
-        peaks = torch.tensor([max(run_peak, step_peak), step_peak])
-        dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
+        fullest = torch.tensor(peaks.end_step())  # (run peak, step peak), max over ranks as in our trainer
+        dist.all_reduce(fullest, op=dist.ReduceOp.MAX)
         if log is not None:
             norm = engine.get_global_grad_norm()
-            record = {"step": step, "loss": float(totals[0] / totals[1]), "num_tokens": int(totals[1]),
+            record = {"step": step, "loss": float(loss_sum / total), "num_tokens": int(total),
                       "grad_norm": float(norm) if norm is not None else float("nan"),
-                      "step_seconds": seconds, "tokens_per_sec": args.length / seconds, "max_memory_gb": float(peaks[0]),
-                      "step_peak_memory_gb": float(peaks[1])}
+                      "step_seconds": seconds, "tokens_per_sec": args.length / seconds, "max_memory_gb": float(fullest[0]),
+                      "step_peak_memory_gb": float(fullest[1])}
             log.write(json.dumps(record) + "\n")
             log.flush()
             print(json.dumps(record), flush=True)

@@ -17,7 +17,8 @@ Systems: ``naive`` (full-logits loss, untiled MLP: the old default), ``chunked``
 (chunked loss + tiled MLP). With ``--sp N`` ours run Ulysses SP over N gloo ranks (``torchrun``), and DeepSpeed ALST
 runs on the same checkpoint's LLM, tokens and DeepSpeed config (``benchmarks/alst_step.py``): ``alst`` (TiledMLP +
 TiledFusedLogitsLoss) and ``alst_untiled`` (Ulysses only). Threads are split evenly between the ranks. Writes
-``<out>/long_context_memory[_spN].json`` and a plot of memory against tokens, one line per system.
+``<out>/long_context_memory[_spN][_<llm>-<layers>L][_lora].json`` (the suffixes only where they differ from one
+process, Qwen2-1.5B, 2 layers, full fine-tune) and a ``.png`` beside it of memory against tokens, one line per system.
 """
 
 from __future__ import annotations

@@ -46,6 +46,28 @@ def reset_peak_memory(device: torch.device) -> bool:
         return False
 
 
+class PeakMemoryWindows:
+    """A step's own peak memory and the run's peak so far, on one device.
+
+    ``begin_step`` folds whatever came before (loading, set-up, earlier steps, saves) into the run's peak and
+    resets the device's peak; ``end_step`` returns ``(run_peak, step_peak)``. Shared by the trainer and the ALST
+    runner in benchmarks/alst_step.py, so both report memory the same way.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.run_peak = 0.0
+
+    def begin_step(self) -> None:
+        self.run_peak = max(self.run_peak, max_memory_gb(self.device))
+        reset_peak_memory(self.device)
+
+    def end_step(self) -> tuple[float, float]:
+        step_peak = max_memory_gb(self.device)
+        self.run_peak = max(self.run_peak, step_peak)
+        return self.run_peak, step_peak
+
+
 class MetricsLogger:
     """Writes ``metrics.jsonl`` and TensorBoard scalars; a resumed run truncates lines past its step."""
 

@@ -25,7 +25,7 @@ from longvila.engine.activation_offload import offload_context
 from longvila.engine.data_stream import MicroBatchStream
 from longvila.engine.deepspeed_config import build_deepspeed_config
 from longvila.engine.dist import DistEnv
-from longvila.engine.metrics import MetricsLogger, max_memory_gb, reset_peak_memory
+from longvila.engine.metrics import MetricsLogger, PeakMemoryWindows
 from longvila.engine.rng import rng_state, set_rng_state
 
 CHECKPOINT_DIR = "checkpoints"
@@ -206,15 +206,15 @@ class Trainer:
         progress = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
                         disable=not self.env.is_main or self.train_args.disable_tqdm, dynamic_ncols=True)
         history = []
-        run_peak = 0.0
+        peaks = PeakMemoryWindows(self.env.device)
         try:
             while self.step < self.total_steps:
-                run_peak = max(run_peak, max_memory_gb(self.env.device))  # loading, set-up and earlier steps
-                reset_peak_memory(self.env.device)
+                peaks.begin_step()
                 started = time.perf_counter()
                 result = self.train_step()
                 elapsed = time.perf_counter() - started
-                step_peak = max_memory_gb(self.env.device)
+                # the fullest rank: SP ranks differ (the last shard carries the padding), and it runs out first
+                run_peak, step_peak = self._all_reduce(list(peaks.end_step()), op=dist.ReduceOp.MAX)
                 grad_norm = self.engine.get_global_grad_norm()
                 (skipped,) = self._all_reduce([float(self.stream.num_skipped)], group=self.dp_group)
                 record = {
@@ -225,11 +225,9 @@ class Trainer:
                     "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                     "tokens_per_sec": result.num_positions / elapsed,
                     "step_seconds": elapsed,
-                    # the fullest rank: SP ranks differ (the last shard carries the padding), and it is the one
-                    # that runs out first
-                    "max_memory_gb": self._all_reduce([max(run_peak, step_peak)], op=dist.ReduceOp.MAX)[0],
-                    # this step alone (fullest rank): what activations and optimizer state need, apart from loading
-                    "step_peak_memory_gb": self._all_reduce([step_peak], op=dist.ReduceOp.MAX)[0],
+                    "max_memory_gb": run_peak,
+                    # this step alone: what activations and optimizer state need, apart from loading
+                    "step_peak_memory_gb": step_peak,
                     "skipped_samples": int(skipped),
                     "epoch": self.stream.epoch,
                 }

@@ -1,9 +1,16 @@
+import sys
+
 import pytest
 import torch
 
-import sys
-
-from longvila.engine.metrics import METRIC_KEYS, MetricsLogger, max_memory_gb, read_metrics, reset_peak_memory
+from longvila.engine.metrics import (
+    METRIC_KEYS,
+    MetricsLogger,
+    PeakMemoryWindows,
+    max_memory_gb,
+    read_metrics,
+    reset_peak_memory,
+)
 
 
 def record(step, loss):
@@ -44,3 +51,19 @@ def test_peak_window_resets_so_a_step_is_measured_apart_from_loading():
     small.add_(1.0)
     after = max_memory_gb(cpu)
     assert after < before - 0.5, (before, after)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the resident-set peak resets on Linux only")
+def test_step_windows_keep_the_run_peak_and_each_step_its_own():
+    windows = PeakMemoryWindows(torch.device("cpu"))
+    windows.begin_step()
+    big = torch.ones(2**28)  # a 1 GiB step
+    big.add_(1.0)
+    run_1, step_1 = windows.end_step()
+    del big
+    windows.begin_step()
+    small = torch.ones(2**26)  # a 0.25 GiB step
+    small.add_(1.0)
+    run_2, step_2 = windows.end_step()
+    assert step_2 < step_1 - 0.5, (step_1, step_2)
+    assert run_2 >= run_1 >= step_1  # the run keeps the larger step (and whatever came before)
