@@ -130,7 +130,12 @@ class TrainArguments:
     save_steps: int = field(default=0, metadata={"help": "Save a resumable checkpoint every N steps (0: never)."})
     save_total_limit: Optional[int] = field(default=2, metadata={"help": "Resumable checkpoints kept."})
     resume_from_checkpoint: Optional[str] = field(
-        default=None, metadata={"help": "A checkpoint folder, or 'latest' for the newest under output_dir."}
+        default=None, metadata={"help": "A checkpoint folder, or 'latest' for the newest complete one under "
+                                        "output_dir; it may come from another world size or SP layout."}
+    )
+    log_sample_ids: bool = field(
+        default=False, metadata={"help": "Write the dataset indices each step trained on and skipped to "
+                                         "<output_dir>/sample_ids/dp<rank>.jsonl."}
     )
     zero3_load: str = field(
         default="auto",
@@ -221,6 +226,7 @@ def parse_stage_args(stage: str, argv: Optional[list[str]] = None) -> StageArgum
 def validate(args: StageArguments) -> None:
     """Reject impossible settings with one line each; the world size is checked later, once it is known."""
     from longvila.engine.activation_offload import checkpointing_mode
+    from longvila.engine.checkpoint_store import check_writable
 
     t, d, m = args.train, args.data, args.model
     try:
@@ -229,6 +235,10 @@ def validate(args: StageArguments) -> None:
         raise ConfigError(str(error)) from error
     if not t.output_dir:
         raise ConfigError("--output_dir is required")
+    try:
+        check_writable(t.output_dir)
+    except PermissionError as error:
+        raise ConfigError(str(error)) from None
     checks = [
         (t.max_steps == 0 or t.max_steps < -1, f"--max_steps must be positive or -1, got {t.max_steps}"),
         (t.max_steps == -1 and t.num_train_epochs <= 0, "--num_train_epochs must be > 0 when --max_steps is -1"),

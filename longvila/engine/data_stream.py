@@ -11,11 +11,18 @@ A dataset may be a mixture of sources (``longvila/data/mixture.py``): it then sa
 source, the samples it handed out (``samples_per_source``) and the bad ones it skipped (``skipped_per_source``,
 which sums to ``num_skipped``). Both are cumulative over the run and go into the checkpoint. They count draws, so
 the few samples repeated to give every DP rank the same number per epoch count as often as they are trained on.
+
+Resharding. An epoch is one seeded order of ``n`` positions; a layout of DP ranks splits the positions not yet
+consumed this epoch round-robin, and each rank keeps a cursor into its share. From the states of every old rank
+:func:`merge_stream_states` recovers exactly which positions the epoch has consumed, so a run resumed with another
+number of data-parallel ranks (:meth:`MicroBatchStream.load_state_dict` with ``reshard=True``) continues with the
+positions nobody has seen: no sample twice, none skipped. ``take_step_log`` hands out the dataset indices drawn
+since the last call (trained on, and skipped as bad), for the per-step sample log.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -40,6 +47,7 @@ class MicroBatchStream:
         self.dataset, self.collate_fn, self.batch_size = dataset, collate_fn, batch_size
         self.dp_rank, self.dp_size, self.seed, self.name = dp_rank, dp_size, seed, name
         self.epoch, self.cursor = 0, 0
+        self.consumed_before: list[int] = []  # positions this epoch consumed under an earlier layout (resharding)
         # Records rejected while loading (malformed JSON lines) count as skipped too; every rank loads the same
         # file, so only rank 0 reports them and the all-rank sum stays right.
         self.num_skipped = int(getattr(dataset, "num_malformed", 0)) if dp_rank == 0 else 0
@@ -47,32 +55,40 @@ class MicroBatchStream:
         self.samples_per_source = dict.fromkeys(self.sources, 0)
         malformed = getattr(dataset, "malformed_per_source", {}) if dp_rank == 0 else {}
         self.skipped_per_source = {name: int(malformed.get(name, 0)) for name in self.sources}
-        self._order = self._epoch_order(0)
+        self._drawn: list[int] = []
+        self._skipped: list[int] = []
+        self._set_epoch(0)
 
-    def _epoch_order(self, epoch: int) -> list[int]:
-        """This rank's share of a seeded permutation, wrapped so every DP rank gets the same count."""
+    def _epoch_indices(self, epoch: int) -> list[int]:
+        """The epoch's seeded order of dataset indices (a mixture draws with repeats)."""
         generator = torch.Generator().manual_seed(self.seed + epoch)
         epoch_indices = getattr(self.dataset, "epoch_indices", None)
         if epoch_indices is None:
-            order = torch.randperm(len(self.dataset), generator=generator).tolist()
-        else:
-            drawn = torch.as_tensor(epoch_indices(epoch), dtype=torch.long)
-            order = drawn[torch.randperm(len(drawn), generator=generator)].tolist()
-        self._epoch_size = size = len(order)  # draws per epoch before the DP wrap (the all-bad threshold)
-        while len(order) % self.dp_size:
-            order.append(order[len(order) % size])
-        return order[self.dp_rank :: self.dp_size]
+            return torch.randperm(len(self.dataset), generator=generator).tolist()
+        drawn = torch.as_tensor(epoch_indices(epoch), dtype=torch.long)
+        return drawn[torch.randperm(len(drawn), generator=generator)].tolist()
+
+    def _set_epoch(self, epoch: int) -> None:
+        """This rank's share of the epoch's unconsumed positions, wrapped so every DP rank gets the same count."""
+        self.epoch = epoch
+        self._indices = self._epoch_indices(epoch)
+        self._epoch_size = len(self._indices)  # draws per epoch before the DP wrap (the all-bad threshold)
+        consumed = set(self.consumed_before)
+        positions = [p for p in range(self._epoch_size) if p not in consumed]
+        base = len(positions)
+        while len(positions) % self.dp_size:
+            positions.append(positions[len(positions) % base])
+        self._positions = positions[self.dp_rank :: self.dp_size]
 
     @property
     def samples_per_epoch(self) -> int:
-        return len(self._order)
+        return len(self._positions)
 
     def _next_index(self) -> int:
-        if self.cursor >= len(self._order):
-            self.epoch += 1
-            self.cursor = 0
-            self._order = self._epoch_order(self.epoch)
-        index = self._order[self.cursor]
+        if self.cursor >= len(self._positions):
+            self.cursor, self.consumed_before = 0, []
+            self._set_epoch(self.epoch + 1)
+        index = self._indices[self._positions[self.cursor]]
         self.cursor += 1
         return index
 
@@ -85,6 +101,7 @@ class MicroBatchStream:
             source = self.dataset.source_of(index) if self.sources else None
             if sample is None:
                 self.num_skipped += 1
+                self._skipped.append(index)
                 if source is not None:
                     self.skipped_per_source[source] += 1
                 consecutive_bad += 1
@@ -95,28 +112,74 @@ class MicroBatchStream:
                     )
                 continue
             consecutive_bad = 0
+            self._drawn.append(index)
             if source is not None:
                 self.samples_per_source[source] += 1
             samples.append(sample)
         return self.collate_fn(samples)
 
+    def take_step_log(self) -> tuple[list[int], list[int]]:
+        """Dataset indices trained on and skipped since the last call."""
+        drawn, skipped = self._drawn, self._skipped
+        self._drawn, self._skipped = [], []
+        return drawn, skipped
+
+    def consumed_positions(self) -> list[int]:
+        """Positions of the current epoch this rank (and earlier layouts) consumed; DP-wrap repeats excluded."""
+        return sorted(set(self.consumed_before) | set(self._positions[: self.cursor]))
+
     def state_dict(self) -> dict:
-        state = {"epoch": self.epoch, "cursor": self.cursor, "num_skipped": self.num_skipped}
+        state = {"epoch": self.epoch, "cursor": self.cursor, "num_skipped": self.num_skipped,
+                 "dp_rank": self.dp_rank, "dp_size": self.dp_size, "draws_per_epoch": self._epoch_size,
+                 "consumed_before": list(self.consumed_before), "consumed_positions": self.consumed_positions()}
         if self.sources:
             state.update(samples_per_source=dict(self.samples_per_source),
-                         skipped_per_source=dict(self.skipped_per_source), draws_per_epoch=self._epoch_size)
+                         skipped_per_source=dict(self.skipped_per_source))
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def _check_compatible(self, state: dict) -> None:
         saved = tuple(state.get("samples_per_source", {}))
         if saved != self.sources:
             raise DataError(f"the checkpoint was trained on sources {list(saved) or 'one dataset'}, this run has "
                             f"{list(self.sources) or 'one dataset'}; resume with the same data")
-        if self.sources and state["draws_per_epoch"] != self._epoch_size:
-            raise DataError(f"the checkpoint's mixture drew {state['draws_per_epoch']} samples per epoch, this "
+        if state["draws_per_epoch"] != self._epoch_size:
+            raise DataError(f"the checkpoint's data drew {state['draws_per_epoch']} samples per epoch, this "
                             f"run's draws {self._epoch_size}; resume with the same datasets and weights")
-        self.epoch, self.cursor, self.num_skipped = state["epoch"], state["cursor"], state["num_skipped"]
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue exactly where this rank stopped (a state of this layout), or where the whole old layout
+        stopped (a state from :func:`merge_stream_states`: its consumed positions, this layout's split)."""
+        self._check_compatible(state)
+        self.num_skipped = state["num_skipped"]
         if self.sources:
             self.samples_per_source = dict(state["samples_per_source"])
             self.skipped_per_source = dict(state["skipped_per_source"])
-        self._order = self._epoch_order(self.epoch)
+        if state["dp_size"] == self.dp_size:
+            self.consumed_before, self.cursor = list(state["consumed_before"]), state["cursor"]
+        else:
+            self.consumed_before, self.cursor = list(state["consumed_positions"]), 0
+        self._set_epoch(state["epoch"])
+
+
+def merge_stream_states(states: list[dict], new_dp_rank: int) -> dict:
+    """One state for a rank of a new data-parallel layout, from the states of every old DP rank.
+
+    Positions consumed this epoch are the union over old ranks; cumulative counts (skips, per-source draws) are
+    summed once and given to the new DP rank 0 (metrics sum them over DP ranks). Old ranks that stopped in
+    different epochs (uneven bad-sample skips near an epoch's end) cannot be merged exactly: one-line error.
+    """
+    by_rank = {state["dp_rank"]: state for state in states}  # SP ranks of one DP group hold the same state
+    epochs = {state["epoch"] for state in by_rank.values()}
+    if len(epochs) != 1:
+        raise DataError(f"the checkpoint's data-parallel ranks stopped in different epochs {sorted(epochs)}; "
+                        "resume it with its own number of data-parallel ranks")
+    first = next(iter(by_rank.values()))
+    merged = {"epoch": first["epoch"], "dp_size": None, "draws_per_epoch": first["draws_per_epoch"],
+              "consumed_positions": sorted(set().union(*(s["consumed_positions"] for s in by_rank.values())))}
+    owner = new_dp_rank == 0
+    merged["num_skipped"] = sum(s["num_skipped"] for s in by_rank.values()) if owner else 0
+    if "samples_per_source" in first:
+        for key in ("samples_per_source", "skipped_per_source"):
+            merged[key] = {name: (sum(s[key][name] for s in by_rank.values()) if owner else 0)
+                           for name in first[key]}
+    return merged

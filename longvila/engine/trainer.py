@@ -1,5 +1,9 @@
 """The one training loop every stage runs: a DeepSpeed engine, globally normalised loss, metrics, checkpoints.
 
+Checkpoints are atomic (``longvila/engine/checkpoint_store.py``); a run resumes from its own layout file for file,
+or from another world size / SP layout through a resharded load (``longvila/engine/reshard.py``). A non-finite
+loss stops the run before anything is saved, naming the last complete checkpoint.
+
 Loss normalisation is the part that is easy to get wrong. The model returns a *sum* of token cross-entropies and
 the number of supervised tokens. Before the first backward of an optimizer step we know every micro-batch of that
 step, so we count the supervised tokens of the whole step across all data-parallel ranks (N). Each micro-batch then
@@ -9,8 +13,8 @@ exactly ``sum(token CE) / N`` -- the gradient a single process would compute on 
 
 from __future__ import annotations
 
+import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +25,22 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from longvila.config import TrainArguments
+from longvila.engine import checkpoint_store as store
 from longvila.engine.activation_offload import offload_context
+from longvila.engine.checkpoint_store import CheckpointError, RunLayout, TrainingError
 from longvila.engine.data_stream import MicroBatchStream
-from longvila.engine.deepspeed_config import build_deepspeed_config
+from longvila.engine.deepspeed_config import build_deepspeed_config, zero_stage
 from longvila.engine.dist import DistEnv
+from longvila.engine.faults import inject, planned_fault
 from longvila.engine.metrics import MetricsLogger, PeakMemoryWindows
 from longvila.engine.rng import rng_state, set_rng_state
+from longvila.engine.sample_log import SampleLog, truncate_sample_logs
+from longvila.engine.step_metrics import StepReductions
+
+logger = logging.getLogger("longvila")
 
 CHECKPOINT_DIR = "checkpoints"
+TRAINER_STATE = "trainer_state_rank{rank}.pt"
 
 
 def move_to_device(batch: dict[str, Any], device: torch.device, float_dtype: torch.dtype) -> dict[str, Any]:
@@ -59,7 +71,7 @@ def training_dtype(train: TrainArguments, device: torch.device) -> torch.dtype:
 class StepResult:
     loss: float
     num_tokens: int
-    num_positions: int
+    num_positions: int  # real positions of the expanded global batch, each counted once
 
 
 def build_optimizer(params: list[torch.nn.Parameter], train: TrainArguments, total_steps: int):
@@ -74,7 +86,12 @@ def build_optimizer(params: list[torch.nn.Parameter], train: TrainArguments, tot
 
 
 class Trainer:
-    """Runs ``max_steps`` optimizer steps of ``model`` on ``stream``; resumable; rank 0 logs."""
+    """Runs ``max_steps`` optimizer steps of ``model`` on ``stream``; resumable; rank 0 logs.
+
+    ``dp_rank``/``dp_size``/``dp_group`` describe the data-parallel layout (SP ranks of a group share a batch);
+    ``sp`` is the sequence-parallel configuration, written into every checkpoint so a resume can tell whether it
+    carries over file for file.
+    """
 
     def __init__(
         self,
@@ -86,16 +103,20 @@ class Trainer:
         total_steps: int,
         dp_group: Optional[dist.ProcessGroup] = None,
         ds_config: Optional[dict[str, Any]] = None,
+        sp=None,
+        sp_rank: int = 0,
     ):
         import deepspeed
 
         self.train_args, self.env, self.stream = train, env, stream
         self.count_supervised = count_supervised
         self.total_steps = total_steps
-        self.dp_group = dp_group
+        self.reductions = StepReductions(env.device, dp_group)
+        self.sp_rank = sp_rank
         self.output_dir = Path(train.output_dir)
         self.bf16 = uses_bf16(train, env.device)
         self.dtype = training_dtype(train, env.device)
+        self.fault = planned_fault()
         model.to(device=env.device, dtype=self.dtype)
         trainable = [p for p in model.parameters() if p.requires_grad]
         if not trainable:
@@ -106,79 +127,92 @@ class Trainer:
             register_external = getattr(model, "zero3_external_parameters", lambda: [])
             for param in register_external():
                 deepspeed.zero.register_external_parameter(model, param)
+        self.layout = RunLayout(
+            world_size=env.world_size, dp_size=stream.dp_size, sp_size=getattr(sp, "sp_size", 1),
+            ring_size=getattr(sp, "ring_size", 1), ring_type=getattr(sp, "ring_type", "zigzag_ring"),
+            micro_batch=train.per_device_train_batch_size, grad_accum=train.gradient_accumulation_steps,
+            zero_stage=zero_stage(self.ds_config))
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config,
             dist_init_required=False,
         )
         self.step = 0
+        self.last_checkpoint: Optional[Path] = None
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint_root(self) -> Path:
         return self.output_dir / CHECKPOINT_DIR
 
     def save_checkpoint(self) -> Path:
-        """Model + optimizer + scheduler (DeepSpeed) and, per rank, data position + RNG (ours)."""
-        root, tag = self._checkpoint_root(), f"step-{self.step}"
-        self.engine.save_checkpoint(str(root), tag=tag, client_state={"step": self.step})
-        state = {"step": self.step, "stream": self.stream.state_dict(), "rng": rng_state()}
-        torch.save(state, root / tag / f"trainer_state_rank{self.env.rank}.pt")
+        """Model + optimizer + scheduler (DeepSpeed) and, per rank, data position + RNG (ours); atomic."""
+        root, step, rank = self._checkpoint_root(), self.step, self.env.rank
+        if self.env.is_main:
+            root.mkdir(parents=True, exist_ok=True)
+            store.clear_staging(root, step)
         dist.barrier()
-        if self.env.is_main and self.train_args.save_total_limit:
-            tags = sorted((p for p in root.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
-            for old in tags[: -self.train_args.save_total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
+        staged = root / store.staging_name(step)
+        try:
+            self.engine.save_checkpoint(str(root), tag=staged.name, client_state={"step": step}, save_latest=False)
+            inject(self.fault, "mid_save", step, rank)
+            state = {"step": step, "stream": self.stream.state_dict(), "rng": rng_state()}
+            state_path = staged / TRAINER_STATE.format(rank=rank)
+            inject(self.fault, "enospc", step, rank, str(state_path))
+            torch.save(state, state_path)
+        except OSError as error:
+            previous = self.last_checkpoint.name if self.last_checkpoint else "none"
+            raise CheckpointError(
+                f"saving checkpoint step-{step} failed on rank {rank}: {error.strerror or error} ({error.filename}); "
+                f"the last complete checkpoint ({previous}) is intact and {staged.name} is left for inspection"
+            ) from error
         dist.barrier()
-        return root / tag
+        if self.env.is_main:
+            store.publish(root, step, self.layout)
+            store.prune(root, self.train_args.save_total_limit)
+        dist.barrier()
+        self.last_checkpoint = root / f"step-{step}"
+        inject(self.fault, "after_save", step, rank)
+        return self.last_checkpoint
 
-    def resolve_resume(self, spec: Optional[str]) -> Optional[Path]:
-        if not spec:
-            return None
-        if spec == "latest":
-            tags = sorted(self._checkpoint_root().glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-            if not tags:
-                raise FileNotFoundError(f"--resume_from_checkpoint latest: no checkpoint under {self._checkpoint_root()}")
-            return tags[-1]
-        path = Path(spec)
-        if not (path / f"trainer_state_rank{self.env.rank}.pt").is_file():
-            raise FileNotFoundError(f"--resume_from_checkpoint {path}: not a checkpoint of this run and world size")
-        return path
+    def load_checkpoint(self, checkpoint: store.Checkpoint) -> None:
+        """Same layout: every rank reads its own files. Another layout: a resharded load."""
+        path = checkpoint.path
+        if checkpoint.layout.same_sharding(self.layout):
+            load_path, _ = self.engine.load_checkpoint(str(path.parent), tag=path.name)
+            if load_path is None:
+                raise CheckpointError(f"DeepSpeed found no checkpoint in {path}")
+            state = torch.load(path / TRAINER_STATE.format(rank=self.env.rank), weights_only=False)
+            self.stream.load_state_dict(state["stream"])
+        else:
+            from longvila.engine.reshard import load_resharded
 
-    def load_checkpoint(self, path: Path) -> None:
-        load_path, _ = self.engine.load_checkpoint(str(path.parent), tag=path.name)
-        if load_path is None:
-            raise FileNotFoundError(f"DeepSpeed found no checkpoint in {path}")
-        state = torch.load(path / f"trainer_state_rank{self.env.rank}.pt", weights_only=False)
+            state = load_resharded(self, checkpoint)
         self.step = state["step"]
-        self.stream.load_state_dict(state["stream"])
         set_rng_state(state["rng"])
+        self.last_checkpoint = path
+        logger.info("resumed from %s at step %d", path, self.step)
 
     # ------------------------------------------------------------------ training
-    def _all_reduce(self, values: list[float], group=None, op=dist.ReduceOp.SUM) -> list[float]:
-        tensor = torch.tensor(values, dtype=torch.float64)
-        if self.env.backend == "nccl":
-            tensor = tensor.to(self.env.device)
-        dist.all_reduce(tensor, op=op, group=group)
-        return tensor.tolist()
-
     def train_step(self) -> StepResult:
         """One optimizer step over ``gradient_accumulation_steps`` micro-batches."""
         gas = self.train_args.gradient_accumulation_steps
         micro_batches = [self.stream.next_batch() for _ in range(gas)]
         local_count = sum(self.count_supervised(batch) for batch in micro_batches)
-        (global_count,) = self._all_reduce([float(local_count)], group=self.dp_group)
+        (global_count,) = self.reductions.sum_over_replicas([local_count])
         scale = self.env.world_size * gas / max(global_count, 1.0)
         loss_sum_total, positions = 0.0, 0
         self.engine.train()
         offload = self.train_args.gradient_checkpointing == "offload"
-        for batch in micro_batches:
+        for index, batch in enumerate(micro_batches):
             batch = move_to_device(batch, self.env.device, self.dtype)
             with offload_context(offload):
                 output = self.engine(**batch)
                 self.engine.backward(output.loss_sum * scale)
+            if index == 0:
+                inject(self.fault, "mid_step", self.step + 1, self.env.rank)
             self.engine.step()
             loss_sum_total += float(output.loss_sum.detach())
-            positions += int(getattr(output, "num_positions", batch["attention_mask"].sum()))
-        loss_sum_total, positions = self._all_reduce([loss_sum_total, float(positions)])
+            positions += int(output.num_positions)
+        loss_sum_total, positions = self.reductions.sum_over_shards([loss_sum_total, positions])
         self.step += 1
         return StepResult(loss_sum_total / max(global_count, 1.0), int(global_count), int(positions))
 
@@ -194,15 +228,34 @@ class Trainer:
         if not names:
             return {}
         local = [stream.samples_per_source[n] for n in names] + [stream.skipped_per_source[n] for n in names]
-        total = [int(value) for value in self._all_reduce([float(v) for v in local], group=self.dp_group)]
+        total = [int(value) for value in self.reductions.sum_over_replicas(local)]
         return {"samples_per_source": dict(zip(names, total[: len(names)])),
                 "skipped_per_source": dict(zip(names, total[len(names):]))}
 
+    def _check_finite(self, record: dict[str, Any]) -> None:
+        """A non-finite loss stops the run before anything is saved: the last checkpoint stays the good one."""
+        if math.isfinite(record["loss"]):
+            return
+        last = (f"the last complete checkpoint is {self.last_checkpoint} (--resume_from_checkpoint latest, perhaps "
+                "with a lower --learning_rate)" if self.last_checkpoint else "no checkpoint was saved")
+        raise TrainingError(f"step {record['step']}: the loss is {record['loss']} (grad norm {record['grad_norm']}); "
+                            f"nothing after it is trained or saved; {last}")
+
+    def _start(self, resume_from: Optional[str]) -> bool:
+        """Resume if asked; returns whether the run resumed."""
+        checkpoint = store.resolve_checkpoint(resume_from, self._checkpoint_root()) if resume_from else None
+        if checkpoint is not None:
+            self.load_checkpoint(checkpoint)
+        if self.env.is_main and self.train_args.log_sample_ids:
+            truncate_sample_logs(self.output_dir, self.step if checkpoint else None)
+        dist.barrier()
+        return checkpoint is not None
+
     def train(self, resume_from: Optional[str] = None) -> list[dict[str, Any]]:
-        resume_path = self.resolve_resume(resume_from)
-        if resume_path is not None:
-            self.load_checkpoint(resume_path)
-        logger = MetricsLogger(self.output_dir, self.env.is_main, resume_step=self.step if resume_path else None)
+        resumed = self._start(resume_from)
+        metrics = MetricsLogger(self.output_dir, self.env.is_main, resume_step=self.step if resumed else None)
+        samples = SampleLog(self.output_dir, self.stream.dp_rank,
+                            enabled=bool(self.train_args.log_sample_ids) and self.sp_rank == 0)
         progress = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
                         disable=not self.env.is_main or self.train_args.disable_tqdm, dynamic_ncols=True)
         history = []
@@ -214,13 +267,16 @@ class Trainer:
                 result = self.train_step()
                 elapsed = time.perf_counter() - started
                 # the fullest rank: SP ranks differ (the last shard carries the padding), and it runs out first
-                run_peak, step_peak = self._all_reduce(list(peaks.end_step()), op=dist.ReduceOp.MAX)
+                run_peak, step_peak = self.reductions.max_over_ranks(list(peaks.end_step()))
                 grad_norm = self.engine.get_global_grad_norm()
-                (skipped,) = self._all_reduce([float(self.stream.num_skipped)], group=self.dp_group)
+                (skipped,) = self.reductions.sum_over_replicas([self.stream.num_skipped])
+                drawn, skipped_ids = self.stream.take_step_log()
+                samples.log(self.step, self.stream.epoch, drawn, skipped_ids)
                 record = {
                     "step": self.step,
                     "loss": result.loss,
                     "num_tokens": result.num_tokens,
+                    "num_positions": result.num_positions,
                     "learning_rate": float(self.scheduler.get_last_lr()[0]),
                     "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                     "tokens_per_sec": result.num_positions / elapsed,
@@ -233,15 +289,17 @@ class Trainer:
                 }
                 record.update(self._source_counts())
                 history.append(record)
-                if self.step % self.train_args.logging_steps == 0 or self.step == self.total_steps:
-                    logger.log(record)
+                if self.step % self.train_args.logging_steps == 0 or self.step == self.total_steps \
+                        or not math.isfinite(result.loss):
+                    metrics.log(record)
+                self._check_finite(record)
                 progress.update(1)
                 progress.set_postfix(loss=f"{result.loss:.4f}", lr=f"{record['learning_rate']:.2e}")
                 if self.train_args.save_steps and self.step % self.train_args.save_steps == 0:
                     self.save_checkpoint()
         finally:
             progress.close()
-            logger.close()
+            metrics.close()
         return history
 
     @property

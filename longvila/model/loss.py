@@ -21,6 +21,9 @@ class LossOutput(NamedTuple):
 
     loss_sum: torch.Tensor  # fp32 scalar, sum of token cross-entropies (0.0 with a live graph when no targets)
     num_tokens: torch.Tensor  # int64 scalar, number of supervised tokens
+    # int64 scalar: real (non-padding) positions this rank processed, media expanded, after sequence sharding;
+    # summed over every rank it counts each position of the global batch once (throughput metrics)
+    num_positions: torch.Tensor
 
 
 def shift_labels(labels: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:

@@ -276,7 +276,7 @@ class VILAModel(nn.Module):
             seq = replace(seq, inputs_embeds=self.llm.get_input_embeddings()(seq.token_ids), token_ids=None)
         hidden = self.run_backbone(seq.inputs_embeds, seq.position_ids, seq.segment_ids)
         loss_sum, num_tokens = self.loss_fn(hidden, self.llm.get_output_embeddings().weight, seq.labels)
-        return LossOutput(loss_sum, num_tokens)
+        return LossOutput(loss_sum, num_tokens, seq.attention_mask.sum())
 
     def logits(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -124,6 +125,7 @@ def _freeze(model, spec: StageSpec, args: StageArguments) -> None:
 
 def save_final(model, tokenizer, image_processor, spec: StageSpec, args: StageArguments, env, zero3: bool) -> None:
     """Merge LoRA, gather ZeRO-3 shards, and write the VILA layout under ``output_dir`` (rank 0)."""
+    from longvila.engine.checkpoint_store import publish_entries
     from longvila.model.checkpoint import save_vila
     from longvila.model.lora import merge_lora
 
@@ -133,10 +135,15 @@ def save_final(model, tokenizer, image_processor, spec: StageSpec, args: StageAr
     if spec.config_updates is not None:
         updates.update(spec.config_updates(args))
 
+    out = Path(args.train.output_dir)
+    updates.update(resume_path=str(out.resolve()), _name_or_path=str(out.resolve()))
+
     def write():
-        if env.is_main:
-            merged = merge_lora(model)
-            save_vila(merged, tokenizer, image_processor, args.train.output_dir, **updates)
+        if env.is_main:  # staged, then moved in with config.json last: a crash never leaves a finished-looking model
+            staged = out / ".tmp-final-model"
+            shutil.rmtree(staged, ignore_errors=True)
+            save_vila(merge_lora(model), tokenizer, image_processor, staged, **updates)
+            publish_entries(staged, out, last="config.json")
 
     if zero3:
         import deepspeed
@@ -283,7 +290,7 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
     )
     total_steps = _total_steps(args, stream.samples_per_epoch)
     trainer = Trainer(model, stream, args.train, env, count_supervised_tokens, total_steps, dp_group=layout.group,
-                      ds_config=ds_config)
+                      ds_config=ds_config, sp=layout.sp, sp_rank=layout.groups.sp_rank if layout.groups else 0)
     history = trainer.train(resume_from=args.train.resume_from_checkpoint)
     save_final(trainer.module, tokenizer, image_processor, spec, args, env,
                zero3=zero_stage(trainer.ds_config) == 3)
@@ -294,6 +301,7 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
 
 def main(spec: StageSpec, argv: Optional[list[str]] = None) -> None:
     """Console wrapper: configuration errors become one line and exit code 2, before any compute."""
+    from longvila.engine.checkpoint_store import TrainingError
     from longvila.engine.data_stream import DataError
 
     try:
@@ -303,4 +311,7 @@ def main(spec: StageSpec, argv: Optional[list[str]] = None) -> None:
         sys.exit(2)
     except DataError as error:
         print(f"longvila {spec.name}: data error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except TrainingError as error:
+        print(f"longvila {spec.name}: training stopped: {error}", file=sys.stderr)
         sys.exit(1)

@@ -1,0 +1,203 @@
+"""Where resumable checkpoints live, how a save becomes complete atomically, and which one ``latest`` means.
+
+A save is staged: every rank writes into ``checkpoints/.tmp-step-N``; after a barrier rank 0 writes the
+completion marker ``checkpoint.json`` (the step and the layout that wrote it) into that folder, flushes it, and
+renames the folder to ``step-N``. A rename within one folder is atomic, so a folder named ``step-N`` with its
+marker is whole, and anything else (a ``.tmp-`` folder left by a kill or a full disk, a ``step-N`` without its
+marker) is incomplete. ``latest`` is the newest complete checkpoint; incomplete ones are skipped with a warning
+and left for inspection until a newer complete checkpoint supersedes them. Pruning (``save_total_limit``) runs
+only after a save is complete, so the previous checkpoint survives any failure of the next one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+logger = logging.getLogger("longvila")
+
+MARKER = "checkpoint.json"
+STAGING_PREFIX = ".tmp-"
+_NAME = re.compile(r"^(\.tmp-)?step-(\d+)$")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, a failed save); the message is one line for the user."""
+
+
+class CheckpointError(TrainingError):
+    """A checkpoint cannot be written or read."""
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The parallel layout and batch shape a checkpoint was written under (kept in its marker)."""
+
+    world_size: int
+    dp_size: int
+    sp_size: int
+    ring_size: int
+    ring_type: str
+    micro_batch: int
+    grad_accum: int
+    zero_stage: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro_batch * self.grad_accum * self.dp_size
+
+    def same_sharding(self, other: "RunLayout") -> bool:
+        """True when every rank's files and data position carry over one to one."""
+        keys = ("world_size", "dp_size", "sp_size", "ring_size", "ring_type", "zero_stage")
+        return all(getattr(self, key) == getattr(other, key) for key in keys)
+
+    def describe(self) -> str:
+        return (f"{self.world_size} rank(s) = DP {self.dp_size} x SP {self.sp_size} (ring {self.ring_size}), "
+                f"global batch {self.micro_batch} x GAS {self.grad_accum} x DP {self.dp_size} = {self.global_batch}"
+                f", ZeRO-{self.zero_stage}")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    step: int
+    layout: Optional[RunLayout]  # None: incomplete
+
+    @property
+    def complete(self) -> bool:
+        return self.layout is not None
+
+
+def staging_name(step: int) -> str:
+    return f"{STAGING_PREFIX}step-{step}"
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """Describe one checkpoint folder; a missing or unreadable marker means incomplete."""
+    match = _NAME.match(path.name)
+    step = int(match.group(2)) if match else -1
+    marker = path / MARKER
+    if match and not match.group(1) and marker.is_file():
+        try:
+            info = json.loads(marker.read_text())
+            return Checkpoint(path, int(info["step"]), RunLayout(**info["layout"]))
+        except (ValueError, KeyError, TypeError):
+            pass
+    return Checkpoint(path, step, None)
+
+
+def list_checkpoints(root: Path) -> list[Checkpoint]:
+    """Every checkpoint folder under ``root`` (complete or not), oldest first."""
+    if not root.is_dir():
+        return []
+    found = [read_checkpoint(path) for path in root.iterdir() if path.is_dir() and _NAME.match(path.name)]
+    return sorted(found, key=lambda c: (c.step, c.complete))
+
+
+def latest_complete(root: Path) -> Checkpoint:
+    """The newest complete checkpoint; newer incomplete ones are named in a warning and left alone."""
+    checkpoints = list_checkpoints(root)
+    complete = [c for c in checkpoints if c.complete]
+    newest = complete[-1] if complete else None
+    skipped = [c for c in checkpoints if not c.complete and (newest is None or c.step >= newest.step)]
+    for bad in skipped:
+        logger.warning("checkpoint %s is incomplete (no %s: its save was cut short); skipped and left for "
+                       "inspection", bad.path.name, MARKER)
+    if newest is None:
+        raise CheckpointError(f"--resume_from_checkpoint latest: no complete checkpoint under {root}")
+    return newest
+
+
+def resolve_checkpoint(spec: str, root: Path) -> Checkpoint:
+    """``latest`` or a folder; a folder must be a complete checkpoint."""
+    if spec == "latest":
+        return latest_complete(root)
+    checkpoint = read_checkpoint(Path(spec))
+    if not Path(spec).is_dir():
+        raise CheckpointError(f"--resume_from_checkpoint {spec}: no such folder")
+    if not checkpoint.complete:
+        raise CheckpointError(f"--resume_from_checkpoint {spec}: not a complete checkpoint (no valid {MARKER}; "
+                              "a save cut short, or not a checkpoint folder)")
+    return checkpoint
+
+
+def clear_staging(root: Path, step: int) -> None:
+    """Remove what a cut-short save of the same step left behind (rank 0, before anyone writes)."""
+    shutil.rmtree(root / staging_name(step), ignore_errors=True)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(root: Path, step: int, layout: RunLayout) -> Path:
+    """Mark the staged save complete and move it into place (rank 0, after every rank has written)."""
+    staged, final = root / staging_name(step), root / f"step-{step}"
+    marker = staged / MARKER
+    marker.write_text(json.dumps({"step": step, "layout": asdict(layout)}, indent=2) + "\n")
+    _fsync_path(marker)
+    if final.exists():  # a save of this step from an earlier attempt: replaced only once the new one is whole
+        retired = root / f"{STAGING_PREFIX}retired-step-{step}"
+        shutil.rmtree(retired, ignore_errors=True)
+        final.rename(retired)
+        staged.rename(final)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        staged.rename(final)
+    _fsync_path(root)
+    return final
+
+
+def prune(root: Path, keep: Optional[int]) -> list[Path]:
+    """Drop complete checkpoints beyond the newest ``keep`` and incomplete ones older than the newest complete."""
+    checkpoints = list_checkpoints(root)
+    complete = [c for c in checkpoints if c.complete]
+    if not complete:
+        return []
+    doomed = [c for c in checkpoints if not c.complete and c.step < complete[-1].step]
+    if keep:
+        doomed += complete[:-keep]
+    for checkpoint in doomed:
+        shutil.rmtree(checkpoint.path, ignore_errors=True)
+    return [c.path for c in doomed]
+
+
+def check_writable(output_dir: str) -> None:
+    """Create ``output_dir`` and write a probe file there, so an unwritable place fails before any compute."""
+    path = Path(output_dir)
+    probe = path / f".write-probe-{os.environ.get('RANK', '0')}-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise PermissionError(f"--output_dir {output_dir} cannot be written: {error.strerror or error}") from None
+
+
+def publish_entries(staged: Path, out: Path, last: str) -> None:
+    """Move every entry of ``staged`` into ``out``, replacing what is there, so ``out`` never looks finished early.
+
+    For a model folder that shares ``out`` with logs and checkpoints (the VILA layout under ``output_dir``):
+    ``out/<last>`` (``config.json``, what every loader opens first) is removed before anything else moves and
+    moved in only after every other entry, so a crash in between leaves a folder no loader takes for a model.
+    """
+    (out / last).unlink(missing_ok=True)
+    for entry in sorted(staged.iterdir(), key=lambda path: path.name == last):
+        target = out / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        entry.rename(target)
+    staged.rmdir()
+    _fsync_path(out)
