@@ -2,7 +2,7 @@
 
 Why in the product: a resume path is only trusted once it has survived real kills at the worst moments, and
 those moments (half-way through a step, half-way through a save) cannot be reached from outside the process with
-any precision. The drills in tests/engine/test_fault_drills.py set the variable, let the run die, resume it, and
+any precision. The drills in tests/stages/test_fault_drills.py set the variable, let the run die, resume it, and
 compare the final weights with an uninterrupted run.
 
 Points:
