@@ -132,6 +132,15 @@ class Trainer:
             ring_size=getattr(sp, "ring_size", 1), ring_type=getattr(sp, "ring_type", "zigzag_ring"),
             micro_batch=train.per_device_train_batch_size, grad_accum=train.gradient_accumulation_steps,
             zero_stage=zero_stage(self.ds_config))
+        # resolved before the engine exists: a checkpoint of another layout needs an engine that loads universally
+        self.resume = (store.resolve_checkpoint(train.resume_from_checkpoint, self._checkpoint_root())
+                       if train.resume_from_checkpoint else None)
+        if self.resume is not None and not self.resume.layout.same_sharding(self.layout):
+            from longvila.engine.reshard import check_reshardable
+
+            check_reshardable(self.resume, self.layout)
+            self.ds_config = {**self.ds_config, "checkpoint": {**self.ds_config.get("checkpoint", {}),
+                                                               "load_universal": True}}
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config,
             dist_init_required=False,
@@ -241,18 +250,17 @@ class Trainer:
         raise TrainingError(f"step {record['step']}: the loss is {record['loss']} (grad norm {record['grad_norm']}); "
                             f"nothing after it is trained or saved; {last}")
 
-    def _start(self, resume_from: Optional[str]) -> bool:
-        """Resume if asked; returns whether the run resumed."""
-        checkpoint = store.resolve_checkpoint(resume_from, self._checkpoint_root()) if resume_from else None
-        if checkpoint is not None:
-            self.load_checkpoint(checkpoint)
+    def _start(self) -> bool:
+        """Resume if ``--resume_from_checkpoint`` asked; returns whether the run resumed."""
+        if self.resume is not None:
+            self.load_checkpoint(self.resume)
         if self.env.is_main and self.train_args.log_sample_ids:
-            truncate_sample_logs(self.output_dir, self.step if checkpoint else None)
+            truncate_sample_logs(self.output_dir, self.step if self.resume else None)
         dist.barrier()
-        return checkpoint is not None
+        return self.resume is not None
 
-    def train(self, resume_from: Optional[str] = None) -> list[dict[str, Any]]:
-        resumed = self._start(resume_from)
+    def train(self) -> list[dict[str, Any]]:
+        resumed = self._start()
         metrics = MetricsLogger(self.output_dir, self.env.is_main, resume_step=self.step if resumed else None)
         samples = SampleLog(self.output_dir, self.stream.dp_rank,
                             enabled=bool(self.train_args.log_sample_ids) and self.sp_rank == 0)

@@ -291,7 +291,7 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
     total_steps = _total_steps(args, stream.samples_per_epoch)
     trainer = Trainer(model, stream, args.train, env, count_supervised_tokens, total_steps, dp_group=layout.group,
                       ds_config=ds_config, sp=layout.sp, sp_rank=layout.groups.sp_rank if layout.groups else 0)
-    history = trainer.train(resume_from=args.train.resume_from_checkpoint)
+    history = trainer.train()
     save_final(trainer.module, tokenizer, image_processor, spec, args, env,
                zero3=zero_stage(trainer.ds_config) == 3)
     logger.info("stage %s done: %d steps, final loss %.4f, saved to %s", spec.name, trainer.step,

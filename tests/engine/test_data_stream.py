@@ -51,3 +51,50 @@ def test_data_parallel_ranks_partition_each_epoch():
     per_rank = [[s.next_batch()["ids"][0] for _ in range(s.samples_per_epoch)] for s in streams]
     assert len(per_rank[0]) == len(per_rank[1]) == 5
     assert set(per_rank[0]) | set(per_rank[1]) == set(range(9))
+
+
+def drain(streams, steps):
+    """Indices drawn by every rank over ``steps`` batches (DP ranks in order)."""
+    return [i for _ in range(steps) for stream in streams for i in stream.next_batch()["ids"]]
+
+
+@pytest.mark.parametrize("old_dp, new_dp", [(2, 1), (1, 3), (3, 2), (2, 4)])
+def test_resharded_streams_continue_the_epoch_without_repeats_or_gaps(old_dp, new_dp):
+    from longvila.engine.data_stream import merge_stream_states
+
+    old = [MicroBatchStream(FlakyDataset(24), collate, batch_size=1, dp_rank=r, dp_size=old_dp, seed=3)
+           for r in range(old_dp)]
+    seen = drain(old, 2)
+    states = [stream.state_dict() for stream in old]
+    new = [MicroBatchStream(FlakyDataset(24), collate, batch_size=1, dp_rank=r, dp_size=new_dp, seed=3)
+           for r in range(new_dp)]
+    for rank, stream in enumerate(new):
+        stream.load_state_dict(merge_stream_states(states, rank))
+    remaining = 24 - len(seen)
+    seen += drain(new, -(-remaining // new_dp))
+    assert sorted(set(seen)) == list(range(24))  # every sample of the epoch, none skipped
+    assert len(seen) - 24 == -remaining % new_dp  # repeats only where the last round is padded for DP
+    assert all(stream.epoch == 0 for stream in new)
+
+
+def test_resharding_carries_skip_counts_once_and_never_repeats_a_good_sample():
+    from longvila.engine.data_stream import merge_stream_states
+
+    dataset = FlakyDataset(24, bad={2, 9, 17})
+    old = [MicroBatchStream(dataset, collate, batch_size=1, dp_rank=r, dp_size=3, seed=1) for r in range(3)]
+    seen = drain(old, 4)
+    single = MicroBatchStream(dataset, collate, batch_size=1, seed=1)
+    single.load_state_dict(merge_stream_states([stream.state_dict() for stream in old], 0))
+    seen += drain([single], 21 - len(seen))
+    assert sorted(seen) == sorted(set(range(24)) - {2, 9, 17}) and single.epoch == 0
+    assert single.num_skipped == 3
+    assert merge_stream_states([stream.state_dict() for stream in old], 1)["num_skipped"] == 0
+
+
+def test_merging_ranks_in_different_epochs_is_refused():
+    from longvila.engine.data_stream import merge_stream_states
+
+    streams = [MicroBatchStream(FlakyDataset(4), collate, batch_size=1, dp_rank=r, dp_size=2) for r in (0, 1)]
+    drain(streams[:1], 3)  # rank 0 alone runs into the next epoch
+    with pytest.raises(DataError, match="different epochs"):
+        merge_stream_states([s.state_dict() for s in streams], 0)
