@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -164,3 +165,36 @@ def test_fused_kernels_where_triton_cannot_run_is_one_line_error(stage_flags, su
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("longvila")]
     assert len(error_lines) == 1 and "--fused_kernels" in error_lines[0] and "TRITON_INTERPRET=1" in error_lines[0]
     assert not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+def test_non_finite_loss_stops_with_one_line_naming_the_last_checkpoint(stage_flags, subprocess_env, tmp_path):
+    """A diverging run (learning rate 1e30) stops at the first non-finite loss: one line naming the step and the
+    last complete checkpoint, no final model saved, and the bad step is in metrics.jsonl for the post-mortem."""
+    out = tmp_path / "out"
+    flags = stage_flags("s4_context_ext", out, "--max_steps", "6", "--save_steps", "1", "--learning_rate", "1e30")
+    result = subprocess.run([sys.executable, "-m", "longvila.stages.s4_context_ext", *flags],
+                            capture_output=True, text=True, timeout=300, env=subprocess_env)
+    assert result.returncode == 1, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("longvila")]
+    assert len(lines) == 1, result.stderr[-2000:]
+    match = re.search(r"training stopped: step (\d+): the loss is (nan|inf)", lines[0])
+    assert match, lines[0]
+    bad_step = int(match.group(1))
+    assert f"checkpoints/step-{bad_step - 1} " in lines[0]
+    records = read_metrics(out)
+    assert records[-1]["step"] == bad_step and not math.isfinite(records[-1]["loss"])
+    assert all(math.isfinite(r["loss"]) for r in records[:-1])
+    assert not (out / "config.json").exists()  # the diverged weights were never saved
+    assert not (out / "checkpoints" / f"step-{bad_step}").exists()
+
+
+def test_unwritable_output_dir_fails_before_any_compute(stage_flags, subprocess_env, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    flags = stage_flags("s4_context_ext", blocker / "out")
+    result = subprocess.run([sys.executable, "-m", "longvila.stages.s4_context_ext", *flags],
+                            capture_output=True, text=True, timeout=300, env=subprocess_env)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("longvila")]
+    assert len(lines) == 1 and "--output_dir" in lines[0] and "cannot be written" in lines[0], result.stderr[-2000:]
+    assert "model loaded" not in result.stderr
