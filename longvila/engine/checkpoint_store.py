@@ -4,7 +4,7 @@ A save is staged: every rank writes into ``checkpoints/.tmp-step-N``; after a ba
 completion marker ``checkpoint.json`` (the step and the layout that wrote it) into that folder, flushes it, and
 renames the folder to ``step-N``. A rename within one folder is atomic, so a folder named ``step-N`` with its
 marker is whole, and anything else (a ``.tmp-`` folder left by a kill or a full disk, a ``step-N`` without its
-marker) is incomplete. ``latest`` is the newest complete checkpoint; incomplete ones are skipped with a warning
+marker, or one whose files no longer match the names and sizes the marker lists) is incomplete. ``latest`` is the newest complete checkpoint; incomplete ones are skipped with a warning
 and left for inspection until a newer complete checkpoint supersedes them. Pruning (``save_total_limit``) runs
 only after a save is complete, so the previous checkpoint survives any failure of the next one.
 """
@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -67,11 +67,12 @@ class RunLayout:
 class Checkpoint:
     path: Path
     step: int
-    layout: Optional[RunLayout]  # None: incomplete
+    layout: Optional[RunLayout]  # None: no valid marker
+    problem: str = ""  # why it cannot be resumed from (empty when complete)
 
     @property
     def complete(self) -> bool:
-        return self.layout is not None
+        return self.layout is not None and not self.problem
 
 
 def staging_name(step: int) -> str:
@@ -79,17 +80,25 @@ def staging_name(step: int) -> str:
 
 
 def read_checkpoint(path: Path) -> Checkpoint:
-    """Describe one checkpoint folder; a missing or unreadable marker means incomplete."""
+    """Describe one checkpoint folder: complete when its marker is valid and every file it lists is whole."""
     match = _NAME.match(path.name)
     step = int(match.group(2)) if match else -1
     marker = path / MARKER
-    if match and not match.group(1) and marker.is_file():
-        try:
-            info = json.loads(marker.read_text())
-            return Checkpoint(path, int(info["step"]), RunLayout(**info["layout"]))
-        except (ValueError, KeyError, TypeError):
-            pass
-    return Checkpoint(path, step, None)
+    if not match or match.group(1) or not marker.is_file():
+        return Checkpoint(path, step, None, f"no {MARKER}: its save was cut short")
+    try:
+        info = json.loads(marker.read_text())
+        checkpoint = Checkpoint(path, int(info["step"]), RunLayout(**info["layout"]))
+        files = dict(info["files"])
+    except (ValueError, KeyError, TypeError):
+        return Checkpoint(path, step, None, f"its {MARKER} is unreadable")
+    for name, size in sorted(files.items()):
+        file = path / name
+        if not file.is_file():
+            return replace(checkpoint, problem=f"{name} is missing")
+        if file.stat().st_size != size:
+            return replace(checkpoint, problem=f"{name} has {file.stat().st_size} bytes, {size} were written")
+    return checkpoint
 
 
 def list_checkpoints(root: Path) -> list[Checkpoint]:
@@ -107,8 +116,8 @@ def latest_complete(root: Path) -> Checkpoint:
     newest = complete[-1] if complete else None
     skipped = [c for c in checkpoints if not c.complete and (newest is None or c.step >= newest.step)]
     for bad in skipped:
-        logger.warning("checkpoint %s is incomplete (no %s: its save was cut short); skipped and left for "
-                       "inspection", bad.path.name, MARKER)
+        logger.warning("checkpoint %s is incomplete (%s); skipped and left for inspection", bad.path.name,
+                       bad.problem)
     if newest is None:
         raise CheckpointError(f"--resume_from_checkpoint latest: no complete checkpoint under {root}")
     return newest
@@ -122,8 +131,7 @@ def resolve_checkpoint(spec: str, root: Path) -> Checkpoint:
     if not Path(spec).is_dir():
         raise CheckpointError(f"--resume_from_checkpoint {spec}: no such folder")
     if not checkpoint.complete:
-        raise CheckpointError(f"--resume_from_checkpoint {spec}: not a complete checkpoint (no valid {MARKER}; "
-                              "a save cut short, or not a checkpoint folder)")
+        raise CheckpointError(f"--resume_from_checkpoint {spec}: not a complete checkpoint ({checkpoint.problem})")
     return checkpoint
 
 
@@ -144,7 +152,8 @@ def publish(root: Path, step: int, layout: RunLayout) -> Path:
     """Mark the staged save complete and move it into place (rank 0, after every rank has written)."""
     staged, final = root / staging_name(step), root / f"step-{step}"
     marker = staged / MARKER
-    marker.write_text(json.dumps({"step": step, "layout": asdict(layout)}, indent=2) + "\n")
+    files = {str(f.relative_to(staged)): f.stat().st_size for f in sorted(staged.rglob("*")) if f.is_file()}
+    marker.write_text(json.dumps({"step": step, "layout": asdict(layout), "files": files}, indent=2) + "\n")
     _fsync_path(marker)
     if final.exists():  # a save of this step from an earlier attempt: replaced only once the new one is whole
         retired = root / f"{STAGING_PREFIX}retired-step-{step}"

@@ -99,3 +99,19 @@ def test_output_dir_that_cannot_be_written_is_reported(tmp_path):
         store.check_writable(str(blocker / "out"))
     store.check_writable(str(tmp_path / "fresh" / "out"))
     assert list((tmp_path / "fresh" / "out").iterdir()) == []
+
+
+def test_a_checkpoint_that_lost_or_truncated_a_file_is_skipped_by_latest(tmp_path, caplog):
+    """A rank's shard deleted or cut short after the save (disk trouble, a careless cleanup): ``latest`` falls
+    back to the previous checkpoint and says which file is wrong, instead of a FileNotFoundError on one rank."""
+    staged_save(tmp_path, 2)
+    path = staged_save(tmp_path, 4)
+    with caplog.at_level(logging.WARNING, logger="longvila"):
+        (path / "weights.pt").write_text("step")
+        assert store.latest_complete(tmp_path).step == 2
+        (path / "weights.pt").unlink()
+        assert store.latest_complete(tmp_path).step == 2
+    warned = " ".join(record.getMessage() for record in caplog.records)
+    assert "weights.pt has 4 bytes, 6 were written" in warned and "weights.pt is missing" in warned
+    with pytest.raises(store.CheckpointError, match="weights.pt is missing"):
+        store.resolve_checkpoint(str(path), tmp_path)
