@@ -3,7 +3,7 @@
 Without CUDA the kernels run in the Triton CPU interpreter (an autouse fixture sets ``TRITON_INTERPRET=1`` for each
 benchmark; longvila.kernels wraps its kernels lazily at launch, so that is early enough) on tiny shapes: that checks
 the benchmark plumbing and gives interpreter timings, not GPU performance.
-With CUDA the real shapes of issue 4 are used.
+With CUDA the real layer shapes are used.
 """
 
 from __future__ import annotations

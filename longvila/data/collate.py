@@ -1,6 +1,6 @@
 """Batch collation: right-pad samples to a common length and count the ones datasets rejected (None).
 
-Output (per the lead's contract): input_ids (B,L) padded with the pad id, labels (B,L) padded with IGNORE_INDEX,
+Output (what ``VILAModel.forward`` takes): input_ids (B,L) padded with the pad id, labels (B,L) padded with IGNORE_INDEX,
 attention_mask (B,L) bool, media (list of B lists of (T,3,H,W) tensors), num_skipped (int), and position_ids
 (B,L) when any sample carries them. An all-None micro-batch is not an error here: it yields B=0 and the engine
 decides what to do (it must still take part in collectives).

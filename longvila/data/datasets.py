@@ -3,7 +3,7 @@
 A record looks like ``{"id": ..., "image": "a.png" | ["a.png", ...], "video": "v.mp4" | [...],
 "conversations": [{"from": "human", "value": "<image>\\nWhat is this?"}, {"from": "gpt", "value": "A cat."}]}``.
 
-Sample (see the lead's contract): ``input_ids``/``labels`` LongTensor (L,) with each medium as ONE placeholder
+Sample (what ``longvila/data/collate.py`` and the model expect): ``input_ids``/``labels`` LongTensor (L,) with each medium as ONE placeholder
 token, and ``media``: one FloatTensor (T,3,H,W) per placeholder in text order (an image is T=1), already run
 through the image processor.
 
@@ -96,7 +96,7 @@ class ConversationDataset(Dataset):
             ``<video>`` as ``num_video_frames`` x (T + 1) (every frame is followed by a newline embedding; the
             fps cap can only make it fewer). Without it, a placeholder counts as one token, i.e. the limit is on
             text tokens only.
-        tokens_per_frame: visual tokens per image/frame after the projector (``LlavaVLM.tokens_per_frame``).
+        tokens_per_frame: visual tokens per image/frame after the projector (``VILAModel.tokens_per_frame``).
         system: system prompt of the chat template (None omits it).
     """
 

@@ -69,18 +69,20 @@ def merge_into(
     out: torch.Tensor,
     lse: torch.Tensor,
     rows: slice | None = None,
+    merge=merge_attention,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge a block result into an accumulator, optionally only into query rows ``rows`` (sequence dim -2/-1).
 
     Used by zigzag ring attention, whose off-diagonal steps sometimes cover only the second half of the local
     queries. The accumulator must already exist when ``rows`` is given; it is updated in place (accumulators are
-    private fp32 buffers of the ring loop, never autograd leaves).
+    private fp32 buffers of the ring loop, never autograd leaves). ``merge`` is the block backend's merge (the
+    torch one here, the Triton kernel for the triton backend).
     """
     if rows is None:
-        return merge_attention(acc_out, acc_lse, out, lse)
+        return merge(acc_out, acc_lse, out, lse)
     if acc_out is None or acc_lse is None:
         raise ValueError("merge_into with a row slice needs an existing accumulator")
-    new_out, new_lse = merge_attention(acc_out[..., rows, :], acc_lse[..., rows], out, lse)
+    new_out, new_lse = merge(acc_out[..., rows, :], acc_lse[..., rows], out, lse)
     acc_out[..., rows, :] = new_out
     acc_lse[..., rows] = new_lse
     return acc_out, acc_lse

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from .block_attention import block_attention, get_block_backend
-from .lse import merge_into
+from .lse import merge_attention, merge_into
 
 _TAG_KV, _TAG_SEG, _TAG_DKV = 11, 12, 13
 
@@ -82,6 +82,7 @@ def _ring_forward(q, k, v, seg, scale, causal, zigzag, comm, backend):
     acc_out = acc_lse = None
     kv = torch.stack([k, v]).contiguous()
     kseg = None if seg is None else seg.contiguous()
+    merge = getattr(backend, "merge", merge_attention)  # a backend without its own merge uses the torch one
     for step in range(comm.world):
         pending = None
         if step + 1 < comm.world:
@@ -93,7 +94,7 @@ def _ring_forward(q, k, v, seg, scale, causal, zigzag, comm, backend):
             out, lse = backend.forward(q[:, :, qs], kv[0][:, :, ks], kv[1][:, :, ks], causal=blk_causal,
                                        scale=scale, q_segment_ids=_seg(seg, qs), k_segment_ids=_seg(kseg, ks))
             rows = None if (qs.start == 0 and qs.stop == seq) else qs
-            acc_out, acc_lse = merge_into(acc_out, acc_lse, out, lse, rows=rows)
+            acc_out, acc_lse = merge_into(acc_out, acc_lse, out, lse, rows=rows, merge=merge)
         if pending is not None:
             bufs, reqs = pending
             comm.wait(reqs)

@@ -4,8 +4,8 @@ Why this kernel: ring and Ulysses attention need a block backend whose forward r
 backward runs against an *externally supplied* (global) ``out``/``lse``; it also serves as the model's attention on
 GPU, with packed documents expressed as segment ids (no O(S^2) mask is ever built).
 
-Layout ``(B, H, S, D)`` (HF's attention-function layout; any strides). Contract (see CONTRACT.md, "Local attention
-block backend")::
+Layout ``(B, H, S, D)`` (HF's attention-function layout; any strides). Contract (the block-backend contract of
+``longvila/distributed/block_attention.py``)::
 
     flash_attn_forward(q, k, v, *, causal, scale, q_segment_ids=None, k_segment_ids=None) -> (out, lse)
     flash_attn_backward(dout, q, k, v, out, lse, *, causal, scale, q_segment_ids=None, k_segment_ids=None)

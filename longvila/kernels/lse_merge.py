@@ -1,7 +1,9 @@
-"""Merge two partial attention results by their log-sum-exp (ring attention's accumulation step).
+"""Merge two partial attention results by their log-sum-exp: ring attention's accumulation step on the triton
+block backend (``longvila/distributed/block_attention.py:TritonBackend.merge``).
 
 Each partial result is ``(out_i, lse_i)`` for the same queries over disjoint key sets; the merged result equals
-attention over the union. The merge is done in fp32 with the -inf-safe form from DESIGN.md:
+attention over the union. The merge is done in fp32 with the -inf-safe form of the torch merge it is tested
+against (``longvila/distributed/lse.py``):
 
     m = max(l1, l2), replaced by 0 where it is -inf;   w_i = exp(l_i - m);   s = w1 + w2
     lse = m + log(s)   (-inf where s == 0)            out = (w1 * o1 + w2 * o2) / s   (0 where s == 0)
@@ -16,23 +18,6 @@ from __future__ import annotations
 import torch
 
 from ._triton import LazyKernels, check_launchable, interpreting, next_power_of_2, tl, triton
-
-
-def lse_merge_reference(out1, lse1, out2, lse2):
-    """Pure-torch merge (differentiable); returns ``(out, lse)`` in fp32 (float64 for float64 inputs)."""
-    dt = torch.promote_types(torch.promote_types(out1.dtype, lse1.dtype), torch.float32)
-    o1, o2 = out1.to(dt), out2.to(dt)
-    l1, l2 = lse1.to(dt), lse2.to(dt)
-    m = torch.maximum(l1, l2)
-    m = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
-    w1 = torch.exp(l1 - m)
-    w2 = torch.exp(l2 - m)
-    s = w1 + w2
-    empty = s == 0
-    s_safe = torch.where(empty, torch.ones_like(s), s)
-    lse = torch.where(empty, torch.full_like(m, float("-inf")), m + torch.log(s_safe))
-    out = (w1[..., None] * o1 + w2[..., None] * o2) / s_safe[..., None]
-    return out, lse
 
 
 def _lse_merge_kernel(
@@ -102,42 +87,10 @@ def _merge_launch(out1, lse1, out2, lse2, out=None, out_lse=None):
     return out, out_lse
 
 
-class LseMergeFunction(torch.autograd.Function):
-    """Differentiable merge; the backward uses the normalised weights ``a_i = exp(lse_i - lse)``:
-    ``d o_i = a_i * dout`` and ``d lse_i = a_i * (sum(dout * (o_i - out)) + dlse)``."""
-
-    @staticmethod
-    def forward(ctx, out1, lse1, out2, lse2):
-        out, lse = _merge_launch(out1, lse1, out2, lse2)
-        ctx.save_for_backward(out1, lse1, out2, lse2, out, lse)
-        return out, lse
-
-    @staticmethod
-    def backward(ctx, dout, dlse):
-        out1, lse1, out2, lse2, out, lse = ctx.saved_tensors
-        empty = torch.isneginf(lse)
-        safe = torch.where(empty, torch.zeros_like(lse), lse)
-        grads = []
-        for o_i, l_i in ((out1, lse1), (out2, lse2)):
-            a = torch.where(empty, torch.zeros_like(lse), torch.exp(l_i.float() - safe))
-            d_o = a[..., None] * (dout.float() if dout is not None else torch.zeros_like(out))
-            d_l = torch.zeros_like(lse)
-            if dout is not None:
-                d_l = d_l + (dout.float() * (o_i.float() - out)).sum(-1)
-            if dlse is not None:
-                d_l = d_l + dlse.float()
-            grads += [d_o.to(o_i.dtype), (a * d_l).to(l_i.dtype)]
-        return tuple(grads)
-
-
 def lse_merge(out1, lse1, out2, lse2, *, out=None, out_lse=None):
-    """Merge two partials -> ``(out fp32, lse fp32)`` with the Triton kernel.
+    """Merge two partials -> ``(out fp32, lse fp32)`` with the Triton kernel (no autograd: ring attention merges
+    inside its own autograd function).
 
     Pass ``out=out1, out_lse=lse1`` (contiguous fp32) to accumulate in place, as ring attention does step by step.
-    Differentiable (through :class:`LseMergeFunction`) when no output buffers are given.
     """
-    if out is None and out_lse is None and torch.is_grad_enabled() and any(
-        t.requires_grad for t in (out1, lse1, out2, lse2)
-    ):
-        return LseMergeFunction.apply(out1, lse1, out2, lse2)
     return _merge_launch(out1, lse1, out2, lse2, out=out, out_lse=out_lse)

@@ -2,7 +2,7 @@
 
 The tokenizer is trained here (not taken from longvila.model) so data tests do not depend on the model package.
 It is loaded through ``LlamaTokenizer.from_pretrained(dir)``, the path that converts a sentencepiece model
-correctly in transformers 5 (see DESIGN.md).
+correctly in transformers 5.
 """
 
 from __future__ import annotations

@@ -140,5 +140,6 @@ def _triton_blocks(rank, world):
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 def test_sp_attention_with_triton_blocks(world4):
-    """The kernels engineer's Triton blocks plugged into ring / 2D / Ulysses (about 25 s in the interpreter)."""
+    """The Triton blocks plugged into ring / 2D / Ulysses, the ring steps merged by the Triton LSE kernel (about 25 s
+    in the interpreter)."""
     world4.run(_triton_blocks, timeout=500)

@@ -1,11 +1,13 @@
-"""LSE merge (Triton) against the float64 torch reference, including -inf (empty) partials and autograd."""
+"""LSE merge (Triton) against the float64 torch merge of longvila/distributed/lse.py, including -inf (empty)
+partials, in-place accumulation, and ring attention on the triton backend using it."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from longvila.kernels.lse_merge import lse_merge, lse_merge_reference
+from longvila.distributed.lse import merge_attention as lse_merge_reference
+from longvila.kernels.lse_merge import lse_merge
 
 
 def _partials(make, shape=(2, 3, 13), d=20, dtype=torch.float32):
@@ -58,19 +60,6 @@ def test_in_place_accumulation(make):
     assert out.data_ptr() == acc_o.data_ptr() and lse.data_ptr() == acc_l.data_ptr()
     torch.testing.assert_close(acc_o, expect[0], rtol=1e-5, atol=1e-5, msg=lambda m: f"{m} ({make})")
     assert torch.equal(torch.isneginf(acc_l), torch.isneginf(expect[1]))
-
-
-def test_gradients_match_float64_autograd(make):
-    o1, l1, o2, l2 = _partials(make, shape=(1, 2, 7), d=16)
-    g_out, g_lse = make(1, 2, 7, 16), make(1, 2, 7)
-    ours = [t.clone().requires_grad_() for t in (o1, l1, o2, l2)]
-    ref = [t.double().requires_grad_() for t in (o1, l1, o2, l2)]
-    out, lse = lse_merge(*ours)
-    (out * g_out).sum().add((lse.nan_to_num(0.0, 0.0, 0.0) * g_lse).sum()).backward()
-    r_out, r_lse = lse_merge_reference(*ref)
-    (r_out * g_out.double()).sum().add((r_lse.nan_to_num(0.0, 0.0, 0.0) * g_lse.double()).sum()).backward()
-    for name, a, b in zip(("o1", "l1", "o2", "l2"), ours, ref):
-        torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m} ({make})")
 
 
 def test_rejects_mismatched_shapes(make):

@@ -94,7 +94,7 @@ def test_nvila_features_are_refused_in_one_line(tiny, tmp_path, feature, value, 
 
 
 def test_saved_folder_has_what_vila_needs(tiny, tmp_path):
-    """The file and key list of DESIGN.md's 'Real VILA checkpoints' section."""
+    """The files and config keys VILA's loader reads from a released checkpoint (tests/model/vila_reference.py)."""
     vila_folder(tiny, tmp_path / "released")
     model, tok, ip = load_vila(tmp_path / "released")
     out = save_vila(model, tok, ip, tmp_path / "ours")
