@@ -6,7 +6,7 @@ Everything here is tensor-level and model-agnostic; the model plugs it in throug
 
 from .attention import make_hf_attention, register_hf_attention, sequence_parallel_attention
 from .block_attention import available_backends, block_attention, get_block_backend, register_block_backend
-from .loss import global_mean_loss, global_token_count, normalised_loss
+from .loss import mean_loss, normalised_loss
 from .lse import merge_attention, normalise_lse
 from .mesh import ProcessGroups, SequenceParallelConfig, build_mesh, check_heads, mesh_ranks
 from .mmsp import FrameSplit, all_gather_with_grad, encode_frames_sharded, make_sharded_frame_encoder, split_frames
@@ -39,8 +39,7 @@ __all__ = [
     "encode_frames_sharded",
     "gather_sequence",
     "get_block_backend",
-    "global_mean_loss",
-    "global_token_count",
+    "mean_loss",
     "make_hf_attention",
     "make_sharded_frame_encoder",
     "merge_attention",

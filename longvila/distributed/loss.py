@@ -17,23 +17,14 @@ ranks), so the engine counts labels for all its micro-batches before the first b
 
 A rank (or a whole step) with no supervised tokens contributes exactly 0: its loss_sum is 0 and the count is
 clamped to 1, so no 0/0 NaN enters the all-reduce (Megatron #1764).
+
+The trainer (``longvila/engine/trainer.py``) counts with ``StepReductions.sum_over_replicas`` and calls
+:func:`normalised_loss` and :func:`mean_loss` from here.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
-
-
-def global_token_count(local_count, group=None) -> int:
-    """All-reduce (sum) of the supervised-token count over ``group`` (default: the whole world)."""
-    t = torch.as_tensor(local_count, dtype=torch.int64).detach().clone().reshape(())
-    if dist.is_available() and dist.is_initialized():
-        backend = dist.get_backend(group)
-        if backend == "nccl":
-            t = t.cuda()
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
-    return int(t.item())
 
 
 def normalised_loss(loss_sum: torch.Tensor, global_count: int, world_size: int,
@@ -50,9 +41,6 @@ def normalised_loss(loss_sum: torch.Tensor, global_count: int, world_size: int,
     return (loss_sum if loss_sum.dtype == torch.float64 else loss_sum.float()) * scale
 
 
-def global_mean_loss(loss_sum: torch.Tensor, global_count: int, group=None) -> float:
-    """Σ CE over ``group`` / global count, for logging (the value single-process training would report)."""
-    t = loss_sum.detach().to(torch.float64).reshape(()).clone()
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
-    return float(t.item()) / max(int(global_count), 1)
+def mean_loss(loss_sum: float, global_count: float) -> float:
+    """Σ CE / global count, the value single-process training would report (0 for a step with no target)."""
+    return loss_sum / max(global_count, 1)

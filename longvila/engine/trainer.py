@@ -7,8 +7,8 @@ loss stops the run before anything is saved, naming the last complete checkpoint
 Loss normalisation is the part that is easy to get wrong. The model returns a *sum* of token cross-entropies and
 the number of supervised tokens. Before the first backward of an optimizer step we know every micro-batch of that
 step, so we count the supervised tokens of the whole step across all data-parallel ranks (N). Each micro-batch then
-backpropagates ``loss_sum * world * GAS / N``: DeepSpeed divides by GAS and averages over its world, which leaves
-exactly ``sum(token CE) / N`` -- the gradient a single process would compute on the same global batch.
+backpropagates ``normalised_loss`` (``longvila/distributed/loss.py``): DeepSpeed divides by GAS and averages over its
+world, which leaves exactly ``sum(token CE) / N``, the gradient a single process would compute on the same batch.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from longvila.config import TrainArguments
+from longvila.distributed.loss import mean_loss, normalised_loss
 from longvila.engine import checkpoint_store as store
 from longvila.engine.activation_offload import offload_context
 from longvila.engine.checkpoint_store import CheckpointError, RunLayout, TrainingError
@@ -207,7 +208,6 @@ class Trainer:
         micro_batches = [self.stream.next_batch() for _ in range(gas)]
         local_count = sum(self.count_supervised(batch) for batch in micro_batches)
         (global_count,) = self.reductions.sum_over_replicas([local_count])
-        scale = self.env.world_size * gas / max(global_count, 1.0)
         loss_sum_total, positions = 0.0, 0
         self.engine.train()
         offload = self.train_args.gradient_checkpointing == "offload"
@@ -215,7 +215,7 @@ class Trainer:
             batch = move_to_device(batch, self.env.device, self.dtype)
             with offload_context(offload):
                 output = self.engine(**batch)
-                self.engine.backward(output.loss_sum * scale)
+                self.engine.backward(normalised_loss(output.loss_sum, global_count, self.env.world_size, gas))
             if index == 0:
                 inject(self.fault, "mid_step", self.step + 1, self.env.rank)
             self.engine.step()
@@ -223,7 +223,7 @@ class Trainer:
             positions += int(output.num_positions)
         loss_sum_total, positions = self.reductions.sum_over_shards([loss_sum_total, positions])
         self.step += 1
-        return StepResult(loss_sum_total / max(global_count, 1.0), int(global_count), int(positions))
+        return StepResult(mean_loss(loss_sum_total, global_count), int(global_count), int(positions))
 
     def _source_counts(self) -> dict[str, dict[str, int]]:
         """Cumulative per-source counts of a mixture, summed once per DP replica (SP ranks read the same samples).

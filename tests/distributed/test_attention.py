@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from longvila.constants import IGNORE_INDEX
 from longvila.distributed.attention import register_hf_attention
-from longvila.distributed.loss import global_token_count, normalised_loss
+from longvila.distributed.loss import normalised_loss
+from longvila.engine.step_metrics import StepReductions
 from longvila.distributed.mesh import SequenceParallelConfig
 from longvila.distributed.sharding import gather_sequence, shard_sequence
 
@@ -84,7 +85,8 @@ def _hf_model_under_sp(rank, world, cfg):
     sh = shard_sequence({"input_ids": ids, "labels": shifted, "position_ids": pos}, cfg, groups)
     logits = model(input_ids=sh["input_ids"], position_ids=sh["position_ids"],
                    attention_mask={"full_attention": None}, segment_ids=sh["segment_ids"]).logits
-    global_count = global_token_count(int((sh["labels"] != IGNORE_INDEX).sum()))
+    local_count = int((sh["labels"] != IGNORE_INDEX).sum())  # each rank counts its own shard
+    (global_count,) = StepReductions(torch.device("cpu")).sum_over_shards([local_count])
     assert global_count == count
     normalised_loss(_ce_sum(logits, sh["labels"]), global_count, world).backward()
     full = gather_sequence(logits.detach(), cfg, groups, dim=1)[:, :45]

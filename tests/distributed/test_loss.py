@@ -8,7 +8,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from longvila.constants import IGNORE_INDEX
-from longvila.distributed.loss import global_mean_loss, global_token_count, normalised_loss
+from longvila.distributed.loss import mean_loss, normalised_loss
+from longvila.engine.step_metrics import StepReductions
 
 
 def test_normalised_loss_scale_and_empty_steps():
@@ -26,8 +27,7 @@ def test_normalised_loss_scale_and_empty_steps():
 def test_single_process_count_without_dist():
     if dist.is_initialized():
         pytest.skip("process group initialised in this process")
-    assert global_token_count(torch.tensor(5)) == 5
-    assert global_mean_loss(torch.tensor(10.0), 4) == 2.5
+    assert mean_loss(10.0, 4) == 2.5 and mean_loss(0.0, 0) == 0.0
 
 
 def _data(gen, n_micro, world):
@@ -63,7 +63,8 @@ def _deepspeed_like_step(rank, world, gas):
 
     # This rank: count the whole step first, then backprop each micro-batch as the engine hands it to DeepSpeed.
     local_count = sum(int((data[m][rank][1] != IGNORE_INDEX).sum()) for m in range(gas))
-    global_count = global_token_count(local_count)
+    reductions = StepReductions(torch.device("cpu"))  # the trainer's counting: one DP group per rank here
+    (global_count,) = reductions.sum_over_replicas([local_count])
     assert global_count == count
     w = weight0.clone().requires_grad_()
     sums = []
@@ -79,7 +80,8 @@ def _deepspeed_like_step(rank, world, gas):
     dist.all_reduce(grad)
     grad /= world  # DeepSpeed averages gradients over its data-parallel world
     torch.testing.assert_close(grad, w_ref.grad, atol=1e-12, rtol=0)
-    logged = global_mean_loss(torch.stack(sums).sum(), global_count)
+    (loss_sum_total,) = reductions.sum_over_shards([float(torch.stack(sums).sum())])
+    logged = mean_loss(loss_sum_total, global_count)
     assert logged == pytest.approx((total / count).item(), rel=1e-12)
     return True
 
