@@ -17,11 +17,11 @@ from typing import Optional
 import yaml
 from transformers import HfArgumentParser
 
+from longvila.distributed.mesh import RING_TYPES
+from longvila.kernels import ATTN_BACKENDS
 from longvila.recipes import deepspeed_config_path, recipe_path as packaged_recipe_path
 
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr")
-RING_TYPES = ("zigzag_ring", "ring")
-ATTN_BACKENDS = ("auto", "triton", "flash_attn", "torch")
 
 
 class ConfigError(ValueError):

@@ -44,6 +44,14 @@ def shift_labels(labels: torch.Tensor, position_ids: torch.Tensor | None = None)
     return shifted
 
 
+def count_supervised_tokens(batch) -> int:
+    """The targets ``VILAModel.forward`` will train on in a collated micro-batch, counted without running it:
+    the same :func:`shift_labels`, on the unexpanded text (media expansion only inserts ignored positions).
+
+    The trainer needs this count for a whole optimizer step before the first backward (loss normalisation)."""
+    return int((shift_labels(batch["labels"], batch.get("position_ids")) != IGNORE_INDEX).sum())
+
+
 def fp32_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """LM-head logits of (N, H) ``hidden`` against (V, H) ``weight`` in fp32: the one arithmetic that the reference
     loss, teacher-forced scoring and cached decoding share, so that their argmaxes agree."""

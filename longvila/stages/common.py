@@ -19,7 +19,6 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
-from longvila.constants import IGNORE_INDEX
 from longvila.config import ConfigError, StageArguments, parse_stage_args, validate_world
 
 logger = logging.getLogger("longvila")
@@ -229,16 +228,6 @@ def _load_start_model(spec: StageSpec, args: StageArguments, env, dtype):
         raise ConfigError(str(error)) from error
 
 
-def count_supervised_tokens(batch) -> int:
-    """Supervised targets in a collated micro-batch, counted exactly as the model will after its global shift.
-
-    Media expansion only inserts ignored positions, so counting on the unexpanded text gives the same number.
-    """
-    from longvila.model.loss import shift_labels
-
-    return int((shift_labels(batch["labels"], batch.get("position_ids")) != IGNORE_INDEX).sum())
-
-
 def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
     """Entry point shared by ``python -m`` / ``torchrun -m longvila.stages.<stage>`` and the pipeline."""
     args = parse_stage_args(spec.name, argv)
@@ -249,6 +238,7 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
     from longvila.engine.rng import set_seed
     from longvila.engine.trainer import Trainer, uses_bf16
     from longvila.data.collate import collate
+    from longvila.model.loss import count_supervised_tokens
     from longvila.recipes import deepspeed_config_path
 
     env = init_distributed()
