@@ -32,7 +32,7 @@ def haystack_prompt():
 
 
 def test_generate_with_kv_cache(benchmark, rounds, haystack_prompt):
-    from longvila.eval.grid import greedy_generate
+    from longvila.eval.scoring import greedy_generate
     from longvila.eval.vniah import cached_frame_features
 
     benchmark.group = "greedy-generate"

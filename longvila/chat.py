@@ -15,7 +15,7 @@ by hand. It shares every step with them and with training, so it sees what the m
   the checkpoint's ``fps`` cap when it records one); both go through the checkpoint's image processor
   (:func:`longvila.data.image.pixel_values`);
 - decoding is greedy with a KV cache (:func:`longvila.eval.decode.cached_greedy_generate`), stopping at EOS or
-  ``<|im_end|>`` (:func:`longvila.eval.grid.stop_token_ids`).
+  ``<|im_end|>`` (:func:`longvila.eval.scoring.stop_token_ids`).
 
 Only the answer goes to stdout; progress and logging go to stderr. Bad requests (missing or non-VILA model
 folder, missing media file, both ``--image`` and ``--video``) stop with one line on stderr and exit code 2.
@@ -31,7 +31,10 @@ from pathlib import Path
 import torch
 
 from longvila.constants import DEFAULT_SYSTEM, IMAGE_TOKEN, MEDIA_TOKENS, VIDEO_TOKEN
-from longvila.eval.grid import EvalError, OneLineParser, check_model_dir, cli_main, stop_token_ids
+from longvila.eval.command import OneLineParser, cli_main
+from longvila.eval.grid import EvalError
+from longvila.eval.runtime import check_model_dir
+from longvila.eval.scoring import stop_token_ids
 
 logger = logging.getLogger("longvila.chat")
 

@@ -17,7 +17,7 @@ from longvila import chat
 from longvila.data.synthetic import write_video
 from longvila.data.template import encode_prompt
 from longvila.data.video import load_video
-from longvila.eval.grid import greedy_generate, stop_token_ids, swapped
+from longvila.eval.scoring import greedy_generate, stop_token_ids, swapped
 
 QUESTION = "What colour is the shape that appears in the video?"
 

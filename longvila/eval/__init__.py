@@ -1,7 +1,9 @@
 """Long-context evaluation: V-NIAH (``longvila vniah``) and passkey retrieval (``longvila passkey``).
 
-Both share :mod:`longvila.eval.grid` (the frames/length x depth grid, teacher-forced scoring, SP runtime, JSON and
-heatmap output). Submodules are imported on demand so ``import longvila.eval`` stays light.
+Both share the frames/length x depth grid (:mod:`longvila.eval.grid`), teacher-forced and generated scoring
+(:mod:`longvila.eval.scoring`), the SP runtime (:mod:`longvila.eval.runtime`), JSON and heatmap output
+(:mod:`longvila.eval.report`) and the command plumbing (:mod:`longvila.eval.command`). Submodules are imported on
+demand so ``import longvila.eval`` stays light.
 """
 
 from importlib import import_module

@@ -12,7 +12,9 @@ The standard check that stage 4 (context extension) worked. A document is the st
 Context length L (tokens) takes ``range(min_length, max_length + 1, length_step)``; filler sentences are added
 until the whole document reaches L tokens (the JSON records the exact count). The key sentence goes before filler
 sentence ``floor(depth * n / 100)`` of the n filler sentences (:func:`longvila.eval.grid.needle_index`). The answer
-is the key's digits after "The pass key is"; scoring, SP, JSON and heatmap are those of :mod:`longvila.eval.grid`.
+is the key's digits after "The pass key is"; the grid, scoring, SP runtime, JSON and heatmap are shared with
+V-NIAH (:mod:`longvila.eval.grid`, :mod:`longvila.eval.scoring`, :mod:`longvila.eval.runtime`,
+:mod:`longvila.eval.report`).
 ``--num_keys`` keys per cell (different keys and filler, deterministic in ``--seed``, length and depth).
 """
 
@@ -26,24 +28,18 @@ import numpy as np
 import torch
 
 from longvila.constants import IGNORE_INDEX
-from longvila.eval.grid import (
+from longvila.eval.command import (
     EvalConfig,
-    EvalError,
-    EvalRuntime,
-    GridSpec,
     base_config,
-    check_model_dir,
     check_scoring,
     cli_main,
     common_parser,
-    depth_values,
-    insert_needle,
     publish,
-    run_grid,
     runtime_from_args,
-    score_sample,
-    value_range,
 )
+from longvila.eval.grid import EvalError, GridSpec, depth_values, insert_needle, run_grid, value_range
+from longvila.eval.runtime import EvalRuntime, check_model_dir
+from longvila.eval.scoring import score_sample
 
 logger = logging.getLogger("longvila.eval")
 

@@ -20,7 +20,7 @@ Needles (``--needles``; an image, a question and an answer each)
     Or a JSON file: ``[{"image": "needle.png", "question": "...", "answer": "...", "name": "optional"}, ...]`` (or
     ``{"needles": [...]}``), image paths relative to the JSON file.
 
-Grid and scoring (see :mod:`longvila.eval.grid`)
+Grid and scoring (see :mod:`longvila.eval.grid` and :mod:`longvila.eval.scoring`)
     Frames N in ``range(min_frames, max_frames + 1, frames_step)`` x depth d in percent. The needle frame goes
     before haystack frame ``floor(d * N / 100)``, so the model sees N + 1 frames and the needle is frame
     ``floor(d * N / 100)`` of them. One teacher-forced forward per (cell, needle); the argmax at the answer
@@ -53,25 +53,18 @@ from PIL import Image
 
 from longvila.constants import DEFAULT_SYSTEM, IGNORE_INDEX, VIDEO_TOKEN
 from longvila.data.image import pixel_values
-from longvila.eval.grid import (
+from longvila.eval.command import (
     EvalConfig,
-    EvalError,
-    EvalRuntime,
-    GridSpec,
     base_config,
-    check_model_dir,
     check_scoring,
     cli_main,
     common_parser,
-    depth_values,
-    insert_needle,
     publish,
-    run_grid,
     runtime_from_args,
-    score_sample,
-    swapped,
-    value_range,
 )
+from longvila.eval.grid import EvalError, GridSpec, depth_values, insert_needle, run_grid, value_range
+from longvila.eval.runtime import EvalRuntime, check_model_dir
+from longvila.eval.scoring import score_sample, swapped
 
 logger = logging.getLogger("longvila.eval")
 

@@ -10,7 +10,7 @@ import torch
 from longvila.distributed.integration import make_router
 from longvila.distributed.mesh import SequenceParallelConfig
 from longvila.eval.decode import cached_greedy_generate
-from longvila.eval.grid import greedy_generate, uses_kv_cache
+from longvila.eval.scoring import greedy_generate, uses_kv_cache
 from longvila.eval.vniah import COLOUR_QUESTION, cached_frame_features, frame_placeholder, needle_prompt
 from longvila.model.attention import set_attention_router
 

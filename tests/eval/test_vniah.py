@@ -162,7 +162,7 @@ def test_greedy_generation_agrees_with_teacher_forcing_on_its_own_output(tiny_pa
     """On the real tiny VLM with a cached video: teacher-forcing the greedy continuation reproduces it token for
     token (both read the same causal logits), and with stop tokens the generation is that continuation cut before
     the first of them."""
-    from longvila.eval.grid import greedy_generate, stop_token_ids, teacher_forced
+    from longvila.eval.scoring import greedy_generate, stop_token_ids, teacher_forced
     from longvila.model.checkpoint import load_vila
 
     model, tokenizer, _ = load_vila(tiny_path)
