@@ -1,10 +1,10 @@
 """Sequence parallelism for long-context training: mesh, sharding, Ulysses, ring, 2D attention, MM-SP, loss.
 
 Everything here is tensor-level and model-agnostic; the model plugs it in through ``sequence_sharder``,
-``frame_encoder`` and the ``longvila`` attention implementation (see :mod:`.attention`).
+``frame_encoder`` and the attention dispatcher it is given (:class:`.attention.AttentionDispatcher`).
 """
 
-from .attention import make_hf_attention, register_hf_attention, sequence_parallel_attention
+from .attention import AttentionDispatcher, sequence_parallel_attention
 from .block_attention import available_backends, block_attention, get_block_backend, register_block_backend
 from .loss import mean_loss, normalised_loss
 from .lse import merge_attention, normalise_lse
@@ -27,6 +27,7 @@ from .ulysses import ulysses_attention
 from .usp import usp_attention
 
 __all__ = [
+    "AttentionDispatcher",
     "FrameSplit",
     "ProcessGroups",
     "SequenceParallelConfig",
@@ -40,7 +41,6 @@ __all__ = [
     "gather_sequence",
     "get_block_backend",
     "mean_loss",
-    "make_hf_attention",
     "make_sharded_frame_encoder",
     "merge_attention",
     "mesh_ranks",
@@ -48,7 +48,6 @@ __all__ = [
     "normalised_loss",
     "pad_to_multiple",
     "register_block_backend",
-    "register_hf_attention",
     "ring_attention",
     "segment_ids_from_position_ids",
     "sequence_indices",

@@ -11,16 +11,18 @@ q/k/v arrive as the local (B, H, S_local, D) shards in the order produced by
 :func:`longvila.distributed.sharding.shard_sequence`; ``segment_ids`` is the local shard of the GLOBAL segment ids
 from the same call. The result is (B, S_local, H, D), like HF attention functions return.
 
-Integration with transformers goes through ``AttentionInterface`` (no patched model files):
-:func:`make_hf_attention` builds a function with HF's attention signature and :func:`register_hf_attention`
-registers it. The model then passes ``segment_ids=`` as a forward kwarg; transformers forwards unknown kwargs down
-to the attention function (and through gradient-checkpointed layers), so every layer and every recompute sees the
-same ids and runs the same collectives.
+Integration with transformers goes through ``AttentionInterface`` (no patched model files): an
+:class:`AttentionDispatcher` has HF's attention-function signature and the model registers it under its own name.
+The model passes ``segment_ids=`` as a forward kwarg; transformers forwards unknown kwargs down to the attention
+function (and through gradient-checkpointed layers), so every layer and every recompute sees the same ids and runs
+the same collectives.
 """
 
 from __future__ import annotations
 
 import torch
+
+from longvila.model.attention import local_attention
 
 from .block_attention import block_attention
 from .mesh import ProcessGroups, SequenceParallelConfig
@@ -51,17 +53,26 @@ def sequence_parallel_attention(q, k, v, *, scale: float, segment_ids=None, cfg:
     return out.transpose(1, 2)
 
 
-def make_hf_attention(cfg: SequenceParallelConfig, groups: ProcessGroups | None, backend="torch"):
-    """A transformers attention function ``(module, q, k, v, attention_mask, scaling, dropout, **kw)``.
+class AttentionDispatcher:
+    """The model's attention: called with transformers' attention-function signature, it runs local, Ulysses,
+    ring or 2D attention on the chosen block backend for one parallel layout.
 
-    Reads ``segment_ids`` (global ids, local shard) from the kwargs. Without SP it may instead derive them from
-    the ``position_ids`` kwarg (positions restart at 0 per document). Under SP the local position ids cannot tell
-    where documents start, so ``segment_ids`` is required. ``attention_mask`` must be None: the model passes
+    One object per layout, given to the model (``VILAModel.set_attention``), so two models in one process can run
+    different layouts and nothing global changes when a layout is installed. Documents: ``segment_ids`` (global
+    ids, local shard) from the sequence sharder under SP; without SP they may instead come from the
+    ``position_ids`` kwarg (positions restart at 0 per document). ``attention_mask`` must be None: the model passes
     ``{"full_attention": None}`` so no O(S^2) mask is built; padding is a separate document at the end.
+
+    Without SP on the torch backend the local path (``longvila/model/attention.py``) runs SDPA per document; a
+    KV-cache decode step (fewer queries than keys) always runs there, as cached decoding only runs unsharded.
     """
 
-    def longvila_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0,
-                           segment_ids=None, position_ids=None, sliding_window=None, **_kwargs):
+    def __init__(self, cfg: SequenceParallelConfig | None = None, groups: ProcessGroups | None = None,
+                 backend="torch"):
+        self.cfg, self.groups, self.backend = cfg or SequenceParallelConfig(), groups, backend
+
+    def __call__(self, module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, segment_ids=None,
+                 position_ids=None, sliding_window=None, **_kwargs):
         if attention_mask is not None:
             raise ValueError("longvila attention takes no attention_mask tensor; pass "
                              "attention_mask={'full_attention': None} and segment_ids instead")
@@ -69,29 +80,17 @@ def make_hf_attention(cfg: SequenceParallelConfig, groups: ProcessGroups | None,
             raise ValueError(f"longvila attention does not implement attention dropout (got {dropout})")
         if sliding_window is not None:
             raise ValueError(f"longvila attention does not implement sliding windows (got {sliding_window})")
+        local = not self.cfg.enabled and self.backend == "torch"
+        if local or query.shape[2] != key.shape[2]:
+            return local_attention(query, key, value, scale=scaling, position_ids=position_ids), None
         if segment_ids is None:
-            if cfg.enabled:
+            if self.cfg.enabled:
                 raise ValueError("sequence-parallel attention needs the global segment_ids kwarg from shard_sequence")
             if position_ids is not None:
                 pos = position_ids if position_ids.dim() == 2 else position_ids.unsqueeze(0)
                 segment_ids = segment_ids_from_position_ids(pos).expand(query.shape[0], -1)
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         causal = getattr(module, "is_causal", True)
-        out = sequence_parallel_attention(query, key, value, scale=scale, segment_ids=segment_ids, cfg=cfg,
-                                          groups=groups, backend=backend, causal=causal)
+        out = sequence_parallel_attention(query, key, value, scale=scale, segment_ids=segment_ids, cfg=self.cfg,
+                                          groups=self.groups, backend=self.backend, causal=causal)
         return out, None
-
-    return longvila_attention
-
-
-def register_hf_attention(cfg: SequenceParallelConfig, groups: ProcessGroups | None, backend="torch",
-                          name: str = "longvila") -> str:
-    """Register :func:`make_hf_attention` with ``transformers.AttentionInterface`` under ``name``; return it.
-
-    Set ``model.config._attn_implementation = name`` (or pass ``attn_implementation=name``) afterwards.
-    Registering again replaces the function (e.g. after building a new mesh).
-    """
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(name, make_hf_attention(cfg, groups, backend))
-    return name

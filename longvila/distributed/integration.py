@@ -2,8 +2,8 @@
 
 The model exposes three hooks and this module fills them, so no model file is patched:
 
-* the attention router (``longvila.model.attention.set_attention_router``): every decoder layer's attention goes
-  through :func:`~longvila.distributed.attention.sequence_parallel_attention` (Ulysses, ring, 2D, or plain local
+* the attention dispatcher (``VILAModel.set_attention``): every decoder layer's attention goes through an
+  :class:`~longvila.distributed.attention.AttentionDispatcher` for this layout (Ulysses, ring, 2D, or local
   attention on the chosen block backend);
 * ``model.sequence_sharder``: after the global label shift, pad to 2*SP and take this rank's zigzag shard of
   embeddings, labels, positions and (global) document ids;
@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch.distributed as dist
 
-from .attention import make_hf_attention
+from .attention import AttentionDispatcher
 from .mesh import ProcessGroups, SequenceParallelConfig, build_mesh, check_heads
 from .mmsp import make_sharded_frame_encoder
 from .sharding import shard_sequence
@@ -53,35 +53,18 @@ class SequenceSharder:
                        attention_mask=shard["attention_mask"], segment_ids=shard["segment_ids"])
 
 
-def make_router(cfg: SequenceParallelConfig, groups: Optional[ProcessGroups], backend: str):
-    """Adapt the HF-signature SP attention to the model's router signature."""
-    attention = make_hf_attention(cfg, groups, backend)
-
-    def route(module, query, key, value, *, scale, position_ids=None, **kwargs):
-        kwargs.pop("attention_mask", None)
-        out, _ = attention(module, query, key, value, None, scaling=scale, position_ids=position_ids, **kwargs)
-        return out
-
-    return route
-
-
 def install_parallelism(model, sp: SequenceParallelConfig, attn_backend: str = "torch") -> DataParallelLayout:
-    """Build the device mesh, install the hooks on ``model``, and return this rank's data-parallel layout.
-
-    ``attn_backend`` is a resolved block-backend name ("torch", "triton", "flash_attn"). With SP disabled and the
-    torch backend the model keeps its own local attention; otherwise every attention call is routed.
-    """
-    from longvila.model.attention import set_attention_router
-
+    """Build the device mesh, give ``model`` its attention dispatcher and sharding hooks, and return this rank's
+    data-parallel layout. ``attn_backend`` is a resolved block-backend name ("torch", "triton", "flash_attn")."""
     world, rank = dist.get_world_size(), dist.get_rank()
     dp_size = sp.check_world(world)
     if not sp.enabled:
-        set_attention_router(None if attn_backend == "torch" else make_router(sp, None, attn_backend))
+        model.set_attention(AttentionDispatcher(sp, None, attn_backend))
         return DataParallelLayout(rank, dp_size, None, sp)
     llm_config = model.llm.config
     check_heads(llm_config.num_attention_heads, llm_config.num_key_value_heads, sp.ulysses_size)
     groups = build_mesh(sp)
-    set_attention_router(make_router(sp, groups, attn_backend))
+    model.set_attention(AttentionDispatcher(sp, groups, attn_backend))
     model.sequence_sharder = SequenceSharder(sp, groups)
     model.frame_encoder = make_sharded_frame_encoder(model.encode_frames, groups.sp_group)
     return DataParallelLayout(groups.dp_rank, groups.dp_size, groups.dp_group, sp, groups)

@@ -7,7 +7,7 @@ generated token, each attending over the cached keys.
 The prompt goes through the model's own path (``build_sequence``: media expansion and ``frame_encoder``, so
 V-NIAH's cached frame features apply) and the LLM backbone with an HF :class:`~transformers.DynamicCache`. The
 next token is the argmax of ``lm_head`` at the last position, in fp32, as teacher-forced scoring computes it.
-Decode steps attend locally (``longvila.model.attention`` never routes a step with fewer queries than keys), so
+Decode steps attend locally (``AttentionDispatcher`` runs a step with fewer queries than keys on one device), so
 this path is for unsharded sequences; under sequence parallelism :func:`longvila.eval.scoring.greedy_generate`
 re-runs the sharded forward instead.
 """

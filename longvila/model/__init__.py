@@ -24,7 +24,6 @@ _EXPORTS = {
     "apply_vision_lora": "lora",
     "merge_lora": "lora",
     "local_attention": "attention",
-    "set_attention_router": "attention",
     "extend_context": "rope",
 }
 

@@ -17,7 +17,6 @@ from torch import nn
 
 from longvila.constants import IGNORE_INDEX, IMAGE_TOKEN
 from longvila.data.template import video_token_id
-from longvila.model.attention import ATTN_IMPLEMENTATION
 from longvila.model.loss import LossOutput, chunked_cross_entropy_sum, shift_labels
 from longvila.model.tokenizer import newline_token_id, single_token_id
 
@@ -62,8 +61,19 @@ class SequenceInputs:
     token_ids: torch.Tensor | None = None  # text-only batches: ids, embedded only after sharding (see forward)
 
 
+ATTN_IMPLEMENTATION = "longvila"
+"""The name of the default (one device, torch) attention in transformers' registry; a model given another layout
+registers its dispatcher under a name of its own (:meth:`VILAModel.set_attention`)."""
+
+
 def use_longvila_attention(llm: nn.Module) -> None:
-    """Switch the LLM to the "longvila" attention at runtime (never saved: transformers does not serialise it)."""
+    """Switch the LLM to the default "longvila" attention at runtime (never saved: transformers does not
+    serialise it)."""
+    from transformers import AttentionInterface
+
+    from longvila.distributed.attention import AttentionDispatcher
+
+    AttentionInterface.register(ATTN_IMPLEMENTATION, AttentionDispatcher())  # stateless: registering again is a no-op
     llm.config._attn_implementation = ATTN_IMPLEMENTATION
 
 
@@ -95,6 +105,18 @@ class VILAModel(nn.Module):
         self.frame_encoder: Callable[[torch.Tensor], torch.Tensor] = self.encode_frames
         self.sequence_sharder: Callable[[SequenceInputs], SequenceInputs] = _identity
         self.loss_fn: Callable = chunked_cross_entropy_sum
+
+    def set_attention(self, dispatcher: Callable) -> str:
+        """Give the LLM ``dispatcher`` (transformers' attention-function signature, e.g. an
+        ``AttentionDispatcher`` for a parallel layout), registered under this model's own name; returns it."""
+        if not callable(dispatcher):
+            raise ValueError(f"attention dispatcher must be callable, got {type(dispatcher).__name__}")
+        from transformers import AttentionInterface
+
+        name = f"{ATTN_IMPLEMENTATION}-{id(self):x}"
+        AttentionInterface.register(name, dispatcher)
+        self.llm.config._attn_implementation = name
+        return name
 
     # ---------------------------------------------------------------- media
     @property

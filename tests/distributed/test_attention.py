@@ -7,13 +7,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from transformers import AttentionInterface
 
 from longvila.constants import IGNORE_INDEX
-from longvila.distributed.attention import register_hf_attention
+from longvila.distributed.attention import AttentionDispatcher
 from longvila.distributed.loss import normalised_loss
-from longvila.engine.step_metrics import StepReductions
 from longvila.distributed.mesh import SequenceParallelConfig
 from longvila.distributed.sharding import gather_sequence, shard_sequence
+from longvila.engine.step_metrics import StepReductions
 
 from .sp_cases import Case, check_all_cases, check_case, packed_positions, reference_attention
 from .world import get_mesh
@@ -68,7 +69,8 @@ def _ce_sum(logits, labels):
 
 def _hf_model_under_sp(rank, world, cfg):
     groups = get_mesh(cfg)
-    name = register_hf_attention(cfg, groups, name="longvila-sp-test")
+    name = "longvila-sp-test"
+    AttentionInterface.register(name, AttentionDispatcher(cfg, groups))
     model = _qwen2()
     ids, pos, shifted, mask = _packed_batch(length=45)
 
@@ -107,9 +109,7 @@ def test_hf_qwen2_through_attention_interface_matches_single_process(world4, mod
 
 
 def test_hf_hook_without_sp_derives_documents_from_position_ids():
-    from longvila.distributed.attention import make_hf_attention
-
-    fn = make_hf_attention(SequenceParallelConfig(1), None)
+    fn = AttentionDispatcher(SequenceParallelConfig(1), None)
     q = torch.randn(1, 4, 6, 8, dtype=torch.float64)
     pos = torch.tensor([[0, 1, 2, 0, 1, 2]])
     out, weights = fn(torch.nn.Module(), q, q[:, :2], q[:, :2], None, scaling=0.5, position_ids=pos)
@@ -119,7 +119,7 @@ def test_hf_hook_without_sp_derives_documents_from_position_ids():
     torch.testing.assert_close(out, ref.transpose(1, 2), atol=1e-12, rtol=0)
     with pytest.raises(ValueError, match="attention_mask"):
         fn(torch.nn.Module(), q, q, q, torch.ones(1, 1, 6, 6))
-    sp_fn = make_hf_attention(SequenceParallelConfig(2), None)
+    sp_fn = AttentionDispatcher(SequenceParallelConfig(2), None)
     with pytest.raises(ValueError, match="segment_ids"):
         sp_fn(torch.nn.Module(), q, q, q, None, position_ids=pos)
 

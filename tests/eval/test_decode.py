@@ -7,12 +7,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from longvila.distributed.integration import make_router
+from longvila.distributed.attention import AttentionDispatcher
 from longvila.distributed.mesh import SequenceParallelConfig
 from longvila.eval.decode import cached_greedy_generate
 from longvila.eval.scoring import greedy_generate, uses_kv_cache
 from longvila.eval.vniah import COLOUR_QUESTION, cached_frame_features, frame_placeholder, needle_prompt
-from longvila.model.attention import set_attention_router
 
 
 @pytest.fixture(scope="module")
@@ -44,25 +43,29 @@ def test_cached_decoding_equals_a_full_forward_per_token(video_prompt):
         assert cached_greedy_generate(model, prompt, set(), 1, media=media) == full[:1]
 
 
-def test_decode_steps_bypass_the_attention_router(video_prompt):
-    """With a router installed (the Triton/flash-attn backends at SP=1), the prefill is routed and every
+def test_decode_steps_bypass_the_block_backend(video_prompt, monkeypatch):
+    """With a block backend at SP=1 (the Triton/flash-attn case), the prefill runs on the block backend and every
     single-token step attends locally over the cache; the tokens still equal the full-forward reference."""
+    import longvila.distributed.attention as dispatch
+
     model, prompt, features, media = video_prompt
-    router, calls = make_router(SequenceParallelConfig(), None, "math"), []
+    calls, blocked = [], dispatch.sequence_parallel_attention
 
-    def counting(module, query, key, value, **kwargs):
+    def counting(query, *args, **kwargs):
         calls.append(query.shape[2])
-        return router(module, query, key, value, **kwargs)
+        return blocked(query, *args, **kwargs)
 
+    monkeypatch.setattr(dispatch, "sequence_parallel_attention", counting)
     layers = model.llm.config.num_hidden_layers
-    set_attention_router(counting)
+    default = model.llm.config._attn_implementation
+    model.set_attention(AttentionDispatcher(SequenceParallelConfig(), None, "math"))
     try:
         with cached_frame_features(model, features):
             cached = greedy_generate(model, prompt, set(), max_new_tokens=5, media=media)
             assert len(calls) == layers and len(set(calls)) == 1  # the prefill only, at the full length
             full = greedy_generate(model, prompt, set(), max_new_tokens=5, media=media, kv_cache=False)
     finally:
-        set_attention_router(None)
+        model.llm.config._attn_implementation = default
     assert cached == full
 
 

@@ -1,14 +1,10 @@
+import importlib
+
 import pytest
 import torch
 
-import longvila.model.attention as attn
-from longvila.model.attention import (
-    local_attention,
-    longvila_attention,
-    segment_causal_mask,
-    segment_ids,
-    set_attention_router,
-)
+from longvila.distributed.attention import AttentionDispatcher
+from longvila.model.attention import local_attention, segment_ids
 
 
 def reference_attention(q, k, v, scale, position_ids):
@@ -39,10 +35,11 @@ def test_single_document_uses_is_causal_without_mask(monkeypatch):
     q, k, v = qkv()
     pos = torch.arange(11).expand(2, 11)
 
-    def boom(_):
-        raise AssertionError("mask must not be built for a single document")
+    def boom(*_):
+        raise AssertionError("a single document must not be split")
 
-    monkeypatch.setattr(attn, "segment_causal_mask", boom)
+    # the package exports a function of the module's name, so fetch the module itself
+    monkeypatch.setattr(importlib.import_module("longvila.distributed.block_attention"), "document_pieces", boom)
     out = local_attention(q, k, v, scale=0.25, position_ids=pos)
     assert out.shape == (2, 11, 8, 16)
     torch.testing.assert_close(out, reference_attention(q, k, v, 0.25, pos), atol=1e-5, rtol=1e-5)
@@ -60,11 +57,6 @@ def test_packed_documents_never_attend_across(hkv):
     torch.testing.assert_close(out[:1, 4:7], alone, atol=1e-5, rtol=1e-5)
 
 
-def test_mask_is_causal_and_block_diagonal():
-    mask = segment_causal_mask(torch.tensor([[0, 1, 0, 1]]))[0, 0]
-    assert mask.int().tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 1]]
-
-
 def test_bad_head_counts():
     q, k, v = qkv(hq=6, hkv=4)
     with pytest.raises(ValueError, match="6"):
@@ -73,6 +65,7 @@ def test_bad_head_counts():
 
 def test_interface_function_rejects_masks_and_dropout():
     q, k, v = qkv()
+    longvila_attention = AttentionDispatcher()
     with pytest.raises(ValueError, match="attention_mask"):
         longvila_attention(None, q, k, v, torch.zeros(2, 1, 11, 11), scaling=0.25)
     with pytest.raises(ValueError, match="dropout"):
@@ -81,29 +74,30 @@ def test_interface_function_rejects_masks_and_dropout():
     assert weights is None and out.shape == (2, 11, 8, 16)
 
 
-def test_router_receives_calls_from_the_model(tiny):
+def test_dispatcher_given_to_the_model_receives_its_calls(tiny):
     model, _, _ = tiny
     calls = []
 
-    def router(module, q, k, v, *, scale, position_ids, **kwargs):
-        calls.append((type(module).__name__, q.shape, k.shape, scale, position_ids.clone()))
-        return local_attention(q, k, v, scale=scale, position_ids=position_ids) * 0 + 1.0
+    def dispatcher(module, q, k, v, attention_mask=None, scaling=None, position_ids=None, **kwargs):
+        calls.append((type(module).__name__, q.shape, k.shape, scaling, position_ids.clone()))
+        return local_attention(q, k, v, scale=scaling, position_ids=position_ids) * 0 + 1.0, None
 
     pos = torch.tensor([[0, 1, 2, 0, 1]])
     embeds = torch.randn(1, 5, 128)
-    set_attention_router(router)
+    default = model.llm.config._attn_implementation
+    model.set_attention(dispatcher)
     try:
         routed = model.run_backbone(embeds, pos)
     finally:
-        set_attention_router(None)
+        model.llm.config._attn_implementation = default
     assert len(calls) == 2  # one per decoder layer
     name, qs, ks, scale, seen_pos = calls[0]
     assert name == "Qwen2Attention" and qs == (1, 8, 5, 16) and ks == (1, 2, 5, 16)
     assert scale == pytest.approx(16**-0.5)
     assert torch.equal(seen_pos, pos)
-    assert not torch.allclose(routed, model.run_backbone(embeds, pos)), "router output must be what the model used"
+    assert not torch.allclose(routed, model.run_backbone(embeds, pos)), "dispatcher output must be what the model used"
     with pytest.raises(ValueError, match="callable"):
-        set_attention_router(42)
+        model.set_attention(42)
 
 
 def test_backbone_matches_hf_sdpa_and_packing(tiny):
