@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -100,27 +99,30 @@ def main(argv: Optional[list[str]] = None) -> None:
         module = "longvila.chat" if args.command == "chat" else f"longvila.eval.{args.command}"
         importlib.import_module(module).main(rest)
         return
-    try:
-        if args.command == "stages":
-            for name in STAGES:
-                spec = stage_spec(name)
-                print(f"{name:<20} trains {', '.join(sorted(spec.trains)):<36} {spec.summary}")
-        elif args.command == "train":
-            from longvila.stages.common import main as stage_main
+    from longvila.console import run_console
 
-            stage_main(stage_spec(args.stage), rest)
-        else:
-            stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
-            for name in stages:
-                stage_spec(name)
-            summary = run_pipeline(args.output_dir, rest, stages, args.init_from)
-            import torch.distributed as dist
+    run_console("longvila", lambda _: _run_command(args, rest), [])
 
-            if not dist.is_initialized() or dist.get_rank() == 0:
-                print(format_summary(summary))
-    except ConfigError as error:
-        print(f"longvila: error: {error}", file=sys.stderr)
-        sys.exit(2)
+
+def _run_command(args, rest: list[str]) -> None:
+    """``stages``, ``train`` and ``pipeline`` (the other commands hand over to their own modules)."""
+    if args.command == "stages":
+        for name in STAGES:
+            spec = stage_spec(name)
+            print(f"{name:<20} trains {', '.join(sorted(spec.trains)):<36} {spec.summary}")
+    elif args.command == "train":
+        from longvila.stages.common import main as stage_main
+
+        stage_main(stage_spec(args.stage), rest)
+    else:
+        stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+        for name in stages:
+            stage_spec(name)
+        summary = run_pipeline(args.output_dir, rest, stages, args.init_from)
+        import torch.distributed as dist
+
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            print(format_summary(summary))
 
 
 if __name__ == "__main__":

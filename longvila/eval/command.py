@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -111,19 +110,10 @@ def publish(spec: GridSpec, cells: list[dict], config: dict, cfg: EvalConfig, ru
 
 
 def cli_main(prog: str, run: Callable[[Sequence[str]], Any], argv: Sequence[str] | None = None) -> None:
-    """Run ``run(argv)``; bad requests become ``<prog>: error: ...`` on one line and exit code 2."""
-    from longvila.data.errors import MediaError
+    """Run ``run(argv)`` through the console wrapper (bad requests: one line, exit code 2), timed and logged."""
+    from longvila.console import run_console, setup_logging
 
-    rank = os.environ.get("RANK", "0")  # torchrun: only rank 0 reports progress
-    logging.basicConfig(level=logging.INFO if rank == "0" else logging.WARNING,
-                        format=f"[%(asctime)s rank{rank}] %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_logging(os.environ.get("RANK", "0"))  # torchrun: only rank 0 reports progress
     started = time.perf_counter()
-    try:
-        run(list(sys.argv[1:] if argv is None else argv))
-    except EvalError as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except MediaError as error:
-        print(f"{prog}: media error: {error}", file=sys.stderr)
-        sys.exit(1)
+    run_console(prog, run, argv)
     logger.info("%s finished in %.1f s", prog, time.perf_counter() - started)

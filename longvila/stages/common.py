@@ -10,13 +10,11 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-import torch
 import torch.distributed as dist
 
 from longvila.config import ConfigError, StageArguments, parse_stage_args, validate_world
@@ -42,16 +40,6 @@ class StageRun:
 
     output_dir: Path
     history: list
-
-
-def _setup_logging(rank: int) -> None:
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        format=f"[%(asctime)s rank{rank}] %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _build_dataset(spec: StageSpec, args: StageArguments, tokenizer, image_processor, env, tokens_per_frame: int):
@@ -232,6 +220,7 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
     """Entry point shared by ``python -m`` / ``torchrun -m longvila.stages.<stage>`` and the pipeline."""
     args = parse_stage_args(spec.name, argv)
 
+    from longvila.console import setup_logging
     from longvila.engine.data_stream import MicroBatchStream
     from longvila.engine.deepspeed_config import build_deepspeed_config, zero_stage
     from longvila.engine.dist import init_distributed
@@ -242,7 +231,7 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
     from longvila.recipes import deepspeed_config_path
 
     env = init_distributed()
-    _setup_logging(env.rank)
+    setup_logging(env.rank)
     validate_world(args, env.world_size)
     _check_fused_kernels(args, env)
     set_seed(args.train.seed)
@@ -290,18 +279,7 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
 
 
 def main(spec: StageSpec, argv: Optional[list[str]] = None) -> None:
-    """Console wrapper: configuration errors become one line and exit code 2, before any compute."""
-    from longvila.engine.checkpoint_store import TrainingError
-    from longvila.engine.data_stream import DataError
+    """Console entry: configuration errors become one line and exit code 2, before any compute."""
+    from longvila.console import run_console
 
-    try:
-        run_stage(spec, argv)
-    except ConfigError as error:
-        print(f"longvila {spec.name}: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except DataError as error:
-        print(f"longvila {spec.name}: data error: {error}", file=sys.stderr)
-        sys.exit(1)
-    except TrainingError as error:
-        print(f"longvila {spec.name}: training stopped: {error}", file=sys.stderr)
-        sys.exit(1)
+    run_console(f"longvila {spec.name}", lambda args: run_stage(spec, args), argv)

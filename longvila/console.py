@@ -1,0 +1,47 @@
+"""One wrapper for every console entry point (stages, evaluations, chat, the ``longvila`` command).
+
+A user's mistake or a stop the run decided on must read as one line on stderr with an exit code, never as a
+traceback: configuration and bad requests exit 2 (nothing was computed), bad data, unreadable media and stopped
+training exit 1. Every other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+def setup_logging(rank: int | str) -> None:
+    """INFO on rank 0, WARNING elsewhere (so N ranks do not print N progress logs), rank in every line."""
+    logging.basicConfig(
+        level=logging.INFO if str(rank) == "0" else logging.WARNING,
+        format=f"[%(asctime)s rank{rank}] %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _one_line_errors() -> tuple[tuple[type, str, int], ...]:
+    """(exception class, label, exit code), most specific first; imported here so this module stays light."""
+    from longvila.config import ConfigError
+    from longvila.data.errors import MediaError
+    from longvila.engine.checkpoint_store import TrainingError
+    from longvila.engine.data_stream import DataError
+    from longvila.eval.grid import EvalError
+
+    return ((ConfigError, "error", 2), (EvalError, "error", 2), (DataError, "data error", 1),
+            (MediaError, "media error", 1), (TrainingError, "training stopped", 1))
+
+
+def run_console(prog: str, run: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> Any:
+    """``run(argv)`` with the user-facing errors turned into ``<prog>: <label>: <message>`` and an exit code."""
+    rules = _one_line_errors()
+    try:
+        return run(list(sys.argv[1:] if argv is None else argv))
+    except tuple(cls for cls, _, _ in rules) as error:
+        label, code = next((label, code) for cls, label, code in rules if isinstance(error, cls))
+        print(f"{prog}: {label}: {error}", file=sys.stderr)
+        sys.exit(code)
