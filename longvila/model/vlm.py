@@ -18,6 +18,7 @@ from torch import nn
 from longvila.constants import IGNORE_INDEX, IMAGE_TOKEN
 from longvila.data.template import video_token_id
 from longvila.model.loss import LossOutput, chunked_cross_entropy_sum, shift_labels
+from longvila.model.media_expansion import check_media, expand_row, right_pad
 from longvila.model.tokenizer import newline_token_id, single_token_id
 
 DEFAULT_VILA_CONFIG = {
@@ -144,38 +145,12 @@ class VILAModel(nn.Module):
         media: list[list[torch.Tensor]] | None = None,
         position_ids: torch.Tensor | None = None,
     ) -> SequenceInputs:
-        """Expand every placeholder into its frames' embeddings and right-pad the batch.
-
-        ``<image>`` -> the frame's T tokens; ``<video>`` -> per frame, T tokens then the "\\n" embedding. Expanded
-        positions are labelled IGNORE_INDEX. All frames of the batch go through ONE ``frame_encoder`` call.
-        """
-        if input_ids.dim() != 2 or labels.shape != input_ids.shape:
-            raise ValueError(
-                f"input_ids {tuple(input_ids.shape)} and labels {tuple(labels.shape)} must both be (B, L)"
-            )
-        bsz, _ = input_ids.shape
-        device = input_ids.device
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
-        attention_mask = attention_mask.to(torch.bool)
-        if position_ids is not None and position_ids.shape != input_ids.shape:
-            raise ValueError(f"position_ids {tuple(position_ids.shape)} != input_ids {tuple(input_ids.shape)}")
-        media = media if media is not None else [[] for _ in range(bsz)]
-        if len(media) != bsz:
-            raise ValueError(f"media has {len(media)} entries for a batch of {bsz} samples")
-
+        """Expand every placeholder into its frames' embeddings and right-pad the batch
+        (``longvila/model/media_expansion.py``). All frames of the batch go through ONE ``frame_encoder`` call."""
         ids = self.tokenizer_ids
-        is_placeholder = (input_ids == ids.image) | (input_ids == ids.video)
-        for b in range(bsz):
-            n_ph = int((is_placeholder[b] & attention_mask[b]).sum())
-            if n_ph != len(media[b]):
-                raise ValueError(f"sample {b}: {n_ph} media placeholders but {len(media[b])} media entries")
-            for k, (tok, m) in enumerate(zip(input_ids[b][is_placeholder[b] & attention_mask[b]].tolist(), media[b])):
-                if m.dim() != 4:
-                    raise ValueError(f"sample {b} media {k}: expected (T, 3, H, W), got shape {tuple(m.shape)}")
-                if tok == ids.image and m.shape[0] != 1:
-                    raise ValueError(f"sample {b} media {k}: <image> needs T=1 frame, got T={m.shape[0]}")
-
+        attention_mask, media, is_placeholder = check_media(input_ids, labels, attention_mask, media, position_ids,
+                                                            ids.image, ids.video)
+        device = input_ids.device
         embed = self.llm.get_input_embeddings()
         # Placeholders are never embedded: VILA adds them to the tokenizer without resizing the embedding, so
         # their ids may lie past the table. Look up id 0 instead; those rows are replaced by media features below.
@@ -184,45 +159,15 @@ class VILAModel(nn.Module):
         features: list[torch.Tensor] = []
         if flat_media:
             frame_feats = self.frame_encoder(torch.cat([m.to(device) for m in flat_media]))
-            frame_feats = frame_feats.to(text_embeds.dtype)
-            features = list(torch.split(frame_feats, [m.shape[0] for m in flat_media]))
+            features = list(torch.split(frame_feats.to(text_embeds.dtype), [m.shape[0] for m in flat_media]))
         newline = embed(torch.tensor([ids.newline], device=device))  # (1, H)
-
-        seqs_e, seqs_l, seqs_p = [], [], []
-        feat_iter = iter(features)
-        for b in range(bsz):
+        feature_iter, rows = iter(features), []
+        for b in range(input_ids.shape[0]):
             keep = attention_mask[b].nonzero().squeeze(1)
-            tok_b, emb_b, lab_b = input_ids[b, keep], text_embeds[b, keep], labels[b, keep]
-            pos_b = position_ids[b, keep] if position_ids is not None else None
-            ph = ((tok_b == ids.image) | (tok_b == ids.video)).nonzero().squeeze(1).tolist()
-            chunks_e, chunks_l, chunks_p, prev = [], [], [], 0
-            for p in ph:
-                chunks_e.append(emb_b[prev:p])
-                chunks_l.append(lab_b[prev:p])
-                feats = next(feat_iter)  # (T, tokens, H)
-                if int(tok_b[p]) == ids.video:
-                    feats = torch.cat([feats, newline.expand(feats.shape[0], 1, -1)], dim=1)
-                flat = feats.reshape(-1, feats.shape[-1])
-                chunks_e.append(flat)
-                chunks_l.append(lab_b.new_full((flat.shape[0],), IGNORE_INDEX))
-                if pos_b is not None:
-                    chunks_p.append(pos_b[prev:p])
-                    chunks_p.append(pos_b[p] + torch.arange(flat.shape[0], device=device))
-                prev = p + 1
-            chunks_e.append(emb_b[prev:])
-            chunks_l.append(lab_b[prev:])
-            seq_e, seq_l = torch.cat(chunks_e), torch.cat(chunks_l)
-            if pos_b is None:
-                seq_p = torch.arange(seq_e.shape[0], device=device)
-            elif not ph:
-                seq_p = pos_b
-            else:
-                chunks_p.append(pos_b[prev:])
-                seq_p = _renumber_documents(torch.cat(chunks_p))
-            seqs_e.append(seq_e)
-            seqs_l.append(seq_l)
-            seqs_p.append(seq_p)
-        return SequenceInputs(*_right_pad(seqs_e, seqs_l, seqs_p))
+            rows.append(expand_row(input_ids[b, keep], text_embeds[b, keep], labels[b, keep],
+                                   position_ids[b, keep] if position_ids is not None else None, feature_iter,
+                                   newline, ids.image, ids.video))
+        return SequenceInputs(*right_pad(*(list(column) for column in zip(*rows))))
 
     def build_text_sequence(
         self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -242,7 +187,7 @@ class VILAModel(nn.Module):
             rows_l.append(labels[b, keep])
             rows_p.append(position_ids[b, keep] if position_ids is not None
                           else torch.arange(keep.numel(), device=input_ids.device))
-        ids, labels, positions, mask = _right_pad(rows_i, rows_l, rows_p)
+        ids, labels, positions, mask = right_pad(rows_i, rows_l, rows_p)
         return SequenceInputs(None, labels, positions, mask, token_ids=ids)
 
     def _is_text_only(self, input_ids, attention_mask, media) -> bool:
@@ -364,33 +309,3 @@ def vision_features(tower: nn.Module, pixel_values: torch.Tensor, select_layer: 
         out = layer(hidden, None)
         hidden = out[0] if isinstance(out, tuple) else out
     return hidden
-
-
-def _renumber_documents(pos: torch.Tensor) -> torch.Tensor:
-    """Recount positions after expansion: each document keeps its first position and counts up by one."""
-    n = pos.shape[0]
-    idx = torch.arange(n, device=pos.device)
-    starts = pos == 0
-    starts[0] = True
-    start_idx = torch.cummax(torch.where(starts, idx, torch.zeros_like(idx)), dim=0).values
-    return pos[start_idx] + (idx - start_idx)
-
-
-def _right_pad(
-    seqs_e: list[torch.Tensor], seqs_l: list[torch.Tensor], seqs_p: list[torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rows of embeddings (n, H) or token ids (n,) -> (values, labels, positions, mask), zero-padded on the right."""
-    bsz, seq_len = len(seqs_e), max(e.shape[0] for e in seqs_e)
-    ref = seqs_e[0]
-    labels = seqs_l[0].new_full((bsz, seq_len), IGNORE_INDEX)
-    positions = seqs_p[0].new_zeros(bsz, seq_len)
-    mask = torch.zeros(bsz, seq_len, dtype=torch.bool, device=ref.device)
-    rows_e = []
-    for b, (e, lab, p) in enumerate(zip(seqs_e, seqs_l, seqs_p)):
-        n = e.shape[0]
-        rows_e.append(torch.cat([e, e.new_zeros(seq_len - n, *e.shape[1:])]) if n < seq_len else e)
-        labels[b, :n] = lab
-        positions[b, :n] = p
-        positions[b, n:] = torch.arange(seq_len - n, device=p.device)  # padding: its own document
-        mask[b, :n] = True
-    return torch.stack(rows_e), labels, positions, mask

@@ -1,0 +1,104 @@
+"""Media expansion, the part of ``VILAModel.build_sequence`` that turns placeholders into frame embeddings.
+
+Split from the model so each step reads on its own: :func:`check_media` validates a batch before any compute,
+:func:`expand_row` replaces one sample's placeholders by its frames' features (``<image>``: the frame's T tokens;
+``<video>``: per frame, T tokens then the "\\n" embedding; expanded positions are ignored by the loss and continue
+their document's positions), and :func:`right_pad` stacks the rows with padding as a document of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from longvila.constants import IGNORE_INDEX
+
+
+def check_media(input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None,
+                media: list[list[torch.Tensor]] | None, position_ids: torch.Tensor | None, image_id: int,
+                video_id: int) -> tuple[torch.Tensor, list[list[torch.Tensor]], torch.Tensor]:
+    """One-line errors for a malformed batch; returns ``(bool attention_mask, media, is_placeholder)``."""
+    if input_ids.dim() != 2 or labels.shape != input_ids.shape:
+        raise ValueError(f"input_ids {tuple(input_ids.shape)} and labels {tuple(labels.shape)} must both be (B, L)")
+    bsz = input_ids.shape[0]
+    attention_mask = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
+                      else attention_mask.to(torch.bool))
+    if position_ids is not None and position_ids.shape != input_ids.shape:
+        raise ValueError(f"position_ids {tuple(position_ids.shape)} != input_ids {tuple(input_ids.shape)}")
+    media = media if media is not None else [[] for _ in range(bsz)]
+    if len(media) != bsz:
+        raise ValueError(f"media has {len(media)} entries for a batch of {bsz} samples")
+    is_placeholder = (input_ids == image_id) | (input_ids == video_id)
+    for b in range(bsz):
+        real = is_placeholder[b] & attention_mask[b]
+        if int(real.sum()) != len(media[b]):
+            raise ValueError(f"sample {b}: {int(real.sum())} media placeholders but {len(media[b])} media entries")
+        for k, (tok, m) in enumerate(zip(input_ids[b][real].tolist(), media[b])):
+            if m.dim() != 4:
+                raise ValueError(f"sample {b} media {k}: expected (T, 3, H, W), got shape {tuple(m.shape)}")
+            if tok == image_id and m.shape[0] != 1:
+                raise ValueError(f"sample {b} media {k}: <image> needs T=1 frame, got T={m.shape[0]}")
+    return attention_mask, media, is_placeholder
+
+
+def expand_row(tokens: torch.Tensor, embeds: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None,
+               features: Iterator[torch.Tensor], newline: torch.Tensor, image_id: int, video_id: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One sample's real tokens -> (embeddings (n, H), labels (n,), positions (n,)) with every placeholder
+    replaced by the next entry of ``features`` ((T, tokens, H)); ``newline`` is the (1, H) "\\n" embedding."""
+    device = embeds.device
+    placeholders = ((tokens == image_id) | (tokens == video_id)).nonzero().squeeze(1).tolist()
+    chunks_e, chunks_l, chunks_p, prev = [], [], [], 0
+    for p in placeholders:
+        chunks_e.append(embeds[prev:p])
+        chunks_l.append(labels[prev:p])
+        feats = next(features)
+        if int(tokens[p]) == video_id:
+            feats = torch.cat([feats, newline.expand(feats.shape[0], 1, -1)], dim=1)
+        flat = feats.reshape(-1, feats.shape[-1])
+        chunks_e.append(flat)
+        chunks_l.append(labels.new_full((flat.shape[0],), IGNORE_INDEX))
+        if positions is not None:
+            chunks_p.append(positions[prev:p])
+            chunks_p.append(positions[p] + torch.arange(flat.shape[0], device=device))
+        prev = p + 1
+    chunks_e.append(embeds[prev:])
+    chunks_l.append(labels[prev:])
+    seq_e, seq_l = torch.cat(chunks_e), torch.cat(chunks_l)
+    if positions is None:
+        return seq_e, seq_l, torch.arange(seq_e.shape[0], device=device)
+    if not placeholders:
+        return seq_e, seq_l, positions
+    chunks_p.append(positions[prev:])
+    return seq_e, seq_l, renumber_documents(torch.cat(chunks_p))
+
+
+def renumber_documents(pos: torch.Tensor) -> torch.Tensor:
+    """Recount positions after expansion: each document keeps its first position and counts up by one."""
+    n = pos.shape[0]
+    idx = torch.arange(n, device=pos.device)
+    starts = pos == 0
+    starts[0] = True
+    start_idx = torch.cummax(torch.where(starts, idx, torch.zeros_like(idx)), dim=0).values
+    return pos[start_idx] + (idx - start_idx)
+
+
+def right_pad(
+    seqs_e: list[torch.Tensor], seqs_l: list[torch.Tensor], seqs_p: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows of embeddings (n, H) or token ids (n,) -> (values, labels, positions, mask), zero-padded on the right."""
+    bsz, seq_len = len(seqs_e), max(e.shape[0] for e in seqs_e)
+    ref = seqs_e[0]
+    labels = seqs_l[0].new_full((bsz, seq_len), IGNORE_INDEX)
+    positions = seqs_p[0].new_zeros(bsz, seq_len)
+    mask = torch.zeros(bsz, seq_len, dtype=torch.bool, device=ref.device)
+    rows_e = []
+    for b, (e, lab, p) in enumerate(zip(seqs_e, seqs_l, seqs_p)):
+        n = e.shape[0]
+        rows_e.append(torch.cat([e, e.new_zeros(seq_len - n, *e.shape[1:])]) if n < seq_len else e)
+        labels[b, :n] = lab
+        positions[b, :n] = p
+        positions[b, n:] = torch.arange(seq_len - n, device=p.device)  # padding: its own document
+        mask[b, :n] = True
+    return torch.stack(rows_e), labels, positions, mask
