@@ -310,10 +310,3 @@ def _validate_data_sources(d: DataArguments) -> None:
         data_sources(d.data_path, d.data_mixture, d.media_root)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-
-
-def validate_world(args: StageArguments, world_size: int) -> None:
-    """Checks that need the launched world size (sequence-parallel layout)."""
-    sp = args.train.seq_parallel_size
-    if world_size % sp != 0:
-        raise ConfigError(f"world size {world_size} is not divisible by --seq_parallel_size {sp}")

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 import torch.distributed as dist
 
-from longvila.config import ConfigError, StageArguments, parse_stage_args, validate_world
+from longvila.config import ConfigError, StageArguments, parse_stage_args
 
 logger = logging.getLogger("longvila")
 
@@ -154,24 +154,6 @@ def _check_fused_kernels(args: StageArguments, env) -> None:
         raise ConfigError(str(error)) from error
 
 
-def _install_parallelism(model, args: StageArguments, env):
-    """Sequence parallelism + attention backend; configuration problems surface as one-line ConfigErrors."""
-    from longvila.distributed.integration import install_parallelism
-    from longvila.distributed.mesh import SequenceParallelConfig
-    from longvila.kernels import resolve_attn_backend
-
-    try:
-        backend = resolve_attn_backend(args.model.attn_backend, env.device)
-        sp = SequenceParallelConfig.from_args(args.train)
-        layout = install_parallelism(model, sp, backend)
-    except ValueError as error:
-        raise ConfigError(str(error)) from error
-    if sp.enabled:
-        logger.info("sequence parallel: SP=%d (ring %d x ulysses %d, %s), DP=%d, attention backend %s",
-                    sp.sp_size, sp.ring_size, sp.ulysses_size, sp.ring_type, layout.size, backend)
-    return layout
-
-
 def load_start_model(spec: StageSpec, args: StageArguments, env, ds_config: dict):
     """The model a stage starts from, loaded once, straight in the training dtype, partitioned under ZeRO-3.
 
@@ -194,7 +176,7 @@ def load_start_model(spec: StageSpec, args: StageArguments, env, ds_config: dict
 
 def _load_start_model(spec: StageSpec, args: StageArguments, env, dtype):
     from longvila.model.checkpoint import load_vila
-    from longvila.model.tiny import tiny_model_path
+    from longvila.runtime import embedded_default
 
     m = args.model
     try:
@@ -206,10 +188,7 @@ def _load_start_model(spec: StageSpec, args: StageArguments, env, dtype):
             parts = Parts(m.model_name_or_path, m.vision_tower, m.mm_projector, m.mm_vision_select_layer,
                           m.mm_vision_select_feature, m.chat_template)
             return build_from_parts(parts, dtype, seed=args.train.seed)
-        init_from = m.init_from or (str(tiny_model_path()) if env.is_main else None)
-        if not m.init_from:
-            dist.barrier()
-            init_from = str(tiny_model_path())
+        init_from = m.init_from or str(embedded_default(env))
         logger.info("stage %s: %s; starting from %s", spec.name, spec.summary, init_from)
         return load_vila(init_from, dtype, token_order=m.mm_projector_token_order)
     except ValueError as error:  # wrong folder kind, unsupported NVILA feature, bad template: one line
@@ -223,16 +202,20 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
     from longvila.console import setup_logging
     from longvila.engine.data_stream import MicroBatchStream
     from longvila.engine.deepspeed_config import build_deepspeed_config, zero_stage
-    from longvila.engine.dist import init_distributed
+    from longvila.distributed.mesh import SequenceParallelConfig
+    from longvila.runtime import parallelize, start_processes
     from longvila.engine.rng import set_seed
     from longvila.engine.trainer import Trainer, uses_bf16
     from longvila.data.collate import collate
     from longvila.model.loss import count_supervised_tokens
     from longvila.recipes import deepspeed_config_path
 
-    env = init_distributed()
+    sp = SequenceParallelConfig.from_args(args.train)
+    try:
+        env = start_processes(sp)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
     setup_logging(env.rank)
-    validate_world(args, env.world_size)
     _check_fused_kernels(args, env)
     set_seed(args.train.seed)
     ds_config = build_deepspeed_config(args.train, env.world_size, uses_bf16(args.train, env.device))
@@ -259,7 +242,10 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
     if args.train.gradient_checkpointing != "false":
         model.enable_gradient_checkpointing()
 
-    layout = _install_parallelism(model, args, env)
+    try:
+        layout = parallelize(model, sp, args.model.attn_backend, env.device)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
 
     dataset = _build_dataset(spec, args, tokenizer, image_processor, env, model.tokens_per_frame)
     stream = MicroBatchStream(
