@@ -47,13 +47,13 @@ def embedded_default(env) -> Path:
 
 
 def parallelize(model, sp: SequenceParallelConfig, attn_backend: str, device):
-    """Resolve ``--attn_backend`` for ``device`` and install ``sp`` on ``model``; the data-parallel layout."""
+    """Resolve ``--attn_backend`` for ``device`` and install ``sp`` on ``model``; the run's ``ParallelDims``."""
     from longvila.distributed.integration import install_parallelism
     from longvila.kernels import resolve_attn_backend
 
     backend = resolve_attn_backend(attn_backend, device)
-    layout = install_parallelism(model, sp, backend)
+    dims = install_parallelism(model, sp, backend)
     if sp.enabled:
         logger.info("sequence parallel: SP=%d (ring %d x ulysses %d, %s), DP=%d, attention backend %s",
-                    sp.sp_size, sp.ring_size, sp.ulysses_size, sp.ring_type, layout.size, backend)
-    return layout
+                    sp.sp_size, sp.ring_size, sp.ulysses_size, sp.ring_type, dims.dp_size, backend)
+    return dims

@@ -9,30 +9,21 @@ The model exposes three hooks and this module fills them, so no model file is pa
   embeddings, labels, positions and (global) document ids;
 * ``model.frame_encoder`` (MM-SP): each SP rank encodes 1/SP of the frames, then the features are all-gathered.
 
-It returns the data-parallel layout the engine needs: which samples this rank reads and over which group the
-supervised tokens of a step are counted (SP ranks of one group share a batch, so they must not be double counted).
+It returns the run's :class:`~longvila.distributed.mesh.ParallelDims`: which samples this rank reads and over which
+group the supervised tokens of a step are counted (SP ranks of one group share a batch, so they must not be double
+counted).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Optional
+from dataclasses import replace
 
 import torch.distributed as dist
 
 from .attention import AttentionDispatcher
-from .mesh import ProcessGroups, SequenceParallelConfig, build_mesh, check_heads
+from .mesh import ParallelDims, ProcessGroups, SequenceParallelConfig, check_heads
 from .mmsp import make_sharded_frame_encoder
 from .sharding import shard_sequence
-
-
-@dataclass(frozen=True)
-class DataParallelLayout:
-    rank: int
-    size: int
-    group: Optional[dist.ProcessGroup]  # None: the whole world
-    sp: SequenceParallelConfig
-    groups: Optional[ProcessGroups] = None
 
 
 class SequenceSharder:
@@ -53,18 +44,14 @@ class SequenceSharder:
                        attention_mask=shard["attention_mask"], segment_ids=shard["segment_ids"])
 
 
-def install_parallelism(model, sp: SequenceParallelConfig, attn_backend: str = "torch") -> DataParallelLayout:
-    """Build the device mesh, give ``model`` its attention dispatcher and sharding hooks, and return this rank's
-    data-parallel layout. ``attn_backend`` is a resolved block-backend name ("torch", "triton", "flash_attn")."""
-    world, rank = dist.get_world_size(), dist.get_rank()
-    dp_size = sp.check_world(world)
-    if not sp.enabled:
-        model.set_attention(AttentionDispatcher(sp, None, attn_backend))
-        return DataParallelLayout(rank, dp_size, None, sp)
-    llm_config = model.llm.config
-    check_heads(llm_config.num_attention_heads, llm_config.num_key_value_heads, sp.ulysses_size)
-    groups = build_mesh(sp)
-    model.set_attention(AttentionDispatcher(sp, groups, attn_backend))
-    model.sequence_sharder = SequenceSharder(sp, groups)
-    model.frame_encoder = make_sharded_frame_encoder(model.encode_frames, groups.sp_group)
-    return DataParallelLayout(groups.dp_rank, groups.dp_size, groups.dp_group, sp, groups)
+def install_parallelism(model, sp: SequenceParallelConfig, attn_backend: str = "torch") -> ParallelDims:
+    """Build the device mesh, give ``model`` its attention dispatcher and sharding hooks, and return the run's
+    :class:`ParallelDims`. ``attn_backend`` is a resolved block-backend name ("torch", "triton", "flash_attn")."""
+    dims = ParallelDims.build(sp, dist.get_world_size(), dist.get_rank())
+    model.set_attention(AttentionDispatcher(sp, dims.groups, attn_backend))
+    if sp.enabled:
+        llm_config = model.llm.config
+        check_heads(llm_config.num_attention_heads, llm_config.num_key_value_heads, sp.ulysses_size)
+        model.sequence_sharder = SequenceSharder(sp, dims.groups)
+        model.frame_encoder = make_sharded_frame_encoder(model.encode_frames, dims.groups.sp_group)
+    return dims

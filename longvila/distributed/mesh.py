@@ -133,10 +133,10 @@ class ProcessGroups:
     cfg: SequenceParallelConfig
     world_size: int
     rank: int
-    dp_group: object | None
-    sp_group: object | None
-    ring_group: object | None
-    ulysses_group: object | None
+    dp_group: dist.ProcessGroup | None
+    sp_group: dist.ProcessGroup | None
+    ring_group: dist.ProcessGroup | None
+    ulysses_group: dist.ProcessGroup | None
     dp_ranks: list[int] = field(default_factory=list)
     sp_ranks: list[int] = field(default_factory=list)
     ring_ranks: list[int] = field(default_factory=list)
@@ -161,6 +161,51 @@ class ProcessGroups:
     @property
     def ulysses_rank(self) -> int:
         return self.sp_rank % self.cfg.ulysses_size
+
+
+@dataclass(frozen=True)
+class ParallelDims:
+    """The parallel layout of one run in one place: world, data-parallel and sequence-parallel degrees and ranks,
+    and the process groups (built only when SP > 1). Stages, evaluations and the trainer all read it.
+
+    Two views name what they are for, because SP ranks share a batch and mixing them up multiplies counts by SP:
+
+    * :attr:`batch_shard` says which batch this rank reads: ``(index, count)`` of the global batch's DP shards;
+      the SP ranks of one group read the same one.
+    * :attr:`count_group` is the group over which per-batch counts (supervised tokens, skipped samples) are
+      summed: one rank per SP group, i.e. the DP group (None = the world, when SP is 1).
+    """
+
+    world_size: int
+    rank: int
+    sp: SequenceParallelConfig
+    groups: ProcessGroups | None = None
+
+    @classmethod
+    def build(cls, sp: SequenceParallelConfig, world_size: int, rank: int) -> "ParallelDims":
+        """Validate ``sp`` against the world and create its groups (every rank must call this together)."""
+        sp.check_world(world_size)
+        return cls(world_size, rank, sp, build_mesh(sp) if sp.enabled else None)
+
+    @property
+    def dp_size(self) -> int:
+        return self.world_size // self.sp.sp_size
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank // self.sp.sp_size
+
+    @property
+    def sp_rank(self) -> int:
+        return self.rank % self.sp.sp_size
+
+    @property
+    def batch_shard(self) -> tuple[int, int]:
+        return self.dp_rank, self.dp_size
+
+    @property
+    def count_group(self) -> dist.ProcessGroup | None:
+        return self.groups.dp_group if self.groups is not None else None
 
 
 def mesh_ranks(cfg: SequenceParallelConfig, world_size: int) -> dict[str, list[list[int]]]:

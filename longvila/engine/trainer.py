@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from longvila.config import TrainArguments
 from longvila.distributed.loss import mean_loss, normalised_loss
+from longvila.distributed.mesh import ParallelDims, SequenceParallelConfig
 from longvila.engine import checkpoint_store as store
 from longvila.engine.activation_offload import offload_context
 from longvila.engine.checkpoint_store import CheckpointError, RunLayout, TrainingError
@@ -89,9 +90,9 @@ def build_optimizer(params: list[torch.nn.Parameter], train: TrainArguments, tot
 class Trainer:
     """Runs ``max_steps`` optimizer steps of ``model`` on ``stream``; resumable; rank 0 logs.
 
-    ``dp_rank``/``dp_size``/``dp_group`` describe the data-parallel layout (SP ranks of a group share a batch);
-    ``sp`` is the sequence-parallel configuration, written into every checkpoint so a resume can tell whether it
-    carries over file for file.
+    ``dims`` is the run's parallel layout (default: every rank its own data-parallel replica); it says over which
+    group counts are summed and goes into every checkpoint, so a resume can tell whether it carries over file for
+    file.
     """
 
     def __init__(
@@ -102,18 +103,16 @@ class Trainer:
         env: DistEnv,
         count_supervised: Callable[[dict[str, Any]], int],
         total_steps: int,
-        dp_group: Optional[dist.ProcessGroup] = None,
+        dims: Optional[ParallelDims] = None,
         ds_config: Optional[dict[str, Any]] = None,
-        sp=None,
-        sp_rank: int = 0,
     ):
         import deepspeed
 
         self.train_args, self.env, self.stream = train, env, stream
         self.count_supervised = count_supervised
         self.total_steps = total_steps
-        self.reductions = StepReductions(env.device, dp_group)
-        self.sp_rank = sp_rank
+        self.dims = dims or ParallelDims(env.world_size, env.rank, SequenceParallelConfig())
+        self.reductions = StepReductions(env.device, self.dims.count_group)
         self.output_dir = Path(train.output_dir)
         self.bf16 = uses_bf16(train, env.device)
         self.dtype = training_dtype(train, env.device)
@@ -128,9 +127,10 @@ class Trainer:
             register_external = getattr(model, "zero3_external_parameters", lambda: [])
             for param in register_external():
                 deepspeed.zero.register_external_parameter(model, param)
+        sp = self.dims.sp
         self.layout = RunLayout(
-            world_size=env.world_size, dp_size=stream.dp_size, sp_size=getattr(sp, "sp_size", 1),
-            ring_size=getattr(sp, "ring_size", 1), ring_type=getattr(sp, "ring_type", "zigzag_ring"),
+            world_size=env.world_size, dp_size=self.dims.dp_size, sp_size=sp.sp_size, ring_size=sp.ring_size,
+            ring_type=sp.ring_type,
             micro_batch=train.per_device_train_batch_size, grad_accum=train.gradient_accumulation_steps,
             zero_stage=zero_stage(self.ds_config))
         # resolved before the engine exists: a checkpoint of another layout needs an engine that loads universally
@@ -263,7 +263,7 @@ class Trainer:
         resumed = self._start()
         metrics = MetricsLogger(self.output_dir, self.env.is_main, resume_step=self.step if resumed else None)
         samples = SampleLog(self.output_dir, self.stream.dp_rank,
-                            enabled=bool(self.train_args.log_sample_ids) and self.sp_rank == 0)
+                            enabled=bool(self.train_args.log_sample_ids) and self.dims.sp_rank == 0)
         progress = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
                         disable=not self.env.is_main or self.train_args.disable_tqdm, dynamic_ncols=True)
         history = []

@@ -26,7 +26,7 @@ class EvalRuntime:
     model_path: str
     device: torch.device
     dtype: torch.dtype
-    layout: Any = None  # DataParallelLayout; None: single process without torch.distributed
+    layout: Any = None  # ParallelDims; None: single process without torch.distributed
 
     @property
     def is_main(self) -> bool:
@@ -34,11 +34,11 @@ class EvalRuntime:
 
     @property
     def dp_rank(self) -> int:
-        return self.layout.rank if self.layout is not None else 0
+        return self.layout.dp_rank if self.layout is not None else 0
 
     @property
     def dp_size(self) -> int:
-        return self.layout.size if self.layout is not None else 1
+        return self.layout.dp_size if self.layout is not None else 1
 
     @property
     def sp_size(self) -> int:

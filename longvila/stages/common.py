@@ -243,19 +243,19 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
         model.enable_gradient_checkpointing()
 
     try:
-        layout = parallelize(model, sp, args.model.attn_backend, env.device)
+        dims = parallelize(model, sp, args.model.attn_backend, env.device)
     except ValueError as error:
         raise ConfigError(str(error)) from error
 
     dataset = _build_dataset(spec, args, tokenizer, image_processor, env, model.tokens_per_frame)
     stream = MicroBatchStream(
         dataset, lambda samples: collate(samples, tokenizer.pad_token_id), args.train.per_device_train_batch_size,
-        dp_rank=layout.rank, dp_size=layout.size, seed=args.train.seed,
+        dp_rank=dims.dp_rank, dp_size=dims.dp_size, seed=args.train.seed,
         name=str(args.data.data_mixture or args.data.data_path or spec.name),
     )
     total_steps = _total_steps(args, stream.samples_per_epoch)
-    trainer = Trainer(model, stream, args.train, env, count_supervised_tokens, total_steps, dp_group=layout.group,
-                      ds_config=ds_config, sp=layout.sp, sp_rank=layout.groups.sp_rank if layout.groups else 0)
+    trainer = Trainer(model, stream, args.train, env, count_supervised_tokens, total_steps, dims=dims,
+                      ds_config=ds_config)
     history = trainer.train()
     save_final(trainer.module, tokenizer, image_processor, spec, args, env,
                zero3=zero_stage(trainer.ds_config) == 3)

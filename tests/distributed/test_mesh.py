@@ -108,3 +108,15 @@ def test_from_args_reads_vila_flag_names():
 
     assert SequenceParallelConfig.from_args(Args()) == SequenceParallelConfig(4, 2, "ring")
     assert SequenceParallelConfig.from_args(object()) == SequenceParallelConfig(1)
+
+
+def test_parallel_dims_names_the_batch_and_the_count_group():
+    """SP ranks of one group read the same batch; with SP 1 every rank reads its own and counts over the world."""
+    from longvila.distributed.mesh import ParallelDims
+
+    dims = ParallelDims(world_size=8, rank=5, sp=SequenceParallelConfig(sp_size=4, ring_size=2))
+    assert (dims.dp_size, dims.dp_rank, dims.sp_rank) == (2, 1, 1)
+    assert dims.batch_shard == (1, 2)
+    assert ParallelDims(world_size=8, rank=4, sp=SequenceParallelConfig(4)).batch_shard == dims.batch_shard
+    plain = ParallelDims(world_size=3, rank=2, sp=SequenceParallelConfig())
+    assert plain.batch_shard == (2, 3) and plain.count_group is None and plain.sp_rank == 0
