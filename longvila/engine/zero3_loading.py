@@ -53,8 +53,3 @@ def partitioned_loading(ds_config: dict[str, Any], enabled: bool = True) -> Iter
     finally:
         del handle
         unset_hf_deepspeed_config()
-
-
-def is_partitioned(module) -> bool:
-    """True when the module's parameters are ZeRO-3 partitions (each rank holds only its shard)."""
-    return any(hasattr(param, "ds_id") for param in module.parameters())
