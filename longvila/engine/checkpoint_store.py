@@ -85,7 +85,8 @@ def read_checkpoint(path: Path) -> Checkpoint:
     step = int(match.group(2)) if match else -1
     marker = path / MARKER
     if not match or match.group(1) or not marker.is_file():
-        return Checkpoint(path, step, None, f"no {MARKER}: its save was cut short")
+        return Checkpoint(path, step, None, f"no {MARKER}: its save was cut short, or an older longvila wrote it "
+                                            "without a completion marker")
     try:
         info = json.loads(marker.read_text())
         checkpoint = Checkpoint(path, int(info["step"]), RunLayout(**info["layout"]))
