@@ -122,8 +122,35 @@ def check_heads(num_q_heads: int, num_kv_heads: int, ulysses_size: int) -> int:
     )
 
 
+class MeshCoordinates:
+    """A rank's data-parallel and sequence-parallel coordinates, ``g = dp_rank * SP + sp_rank`` (module doc).
+
+    Shared by :class:`ProcessGroups` and :class:`ParallelDims`; a subclass supplies ``world_size``, ``rank`` and
+    ``sp_config``.
+    """
+
+    world_size: int
+    rank: int
+
+    @property
+    def sp_config(self) -> SequenceParallelConfig:
+        raise NotImplementedError
+
+    @property
+    def dp_size(self) -> int:
+        return self.world_size // self.sp_config.sp_size
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank // self.sp_config.sp_size
+
+    @property
+    def sp_rank(self) -> int:
+        return self.rank % self.sp_config.sp_size
+
+
 @dataclass
-class ProcessGroups:
+class ProcessGroups(MeshCoordinates):
     """The process groups and this rank's coordinates in the DP x ring x ulysses mesh.
 
     A group is ``None`` only when torch.distributed is not initialised (single process, all sizes 1).
@@ -143,16 +170,8 @@ class ProcessGroups:
     ulysses_ranks: list[int] = field(default_factory=list)
 
     @property
-    def dp_size(self) -> int:
-        return self.world_size // self.cfg.sp_size
-
-    @property
-    def dp_rank(self) -> int:
-        return self.rank // self.cfg.sp_size
-
-    @property
-    def sp_rank(self) -> int:
-        return self.rank % self.cfg.sp_size
+    def sp_config(self) -> SequenceParallelConfig:
+        return self.cfg
 
     @property
     def ring_rank(self) -> int:
@@ -164,7 +183,7 @@ class ProcessGroups:
 
 
 @dataclass(frozen=True)
-class ParallelDims:
+class ParallelDims(MeshCoordinates):
     """The parallel layout of one run in one place: world, data-parallel and sequence-parallel degrees and ranks,
     and the process groups (built only when SP > 1). Stages, evaluations and the trainer all read it.
 
@@ -188,16 +207,8 @@ class ParallelDims:
         return cls(world_size, rank, sp, build_mesh(sp) if sp.enabled else None)
 
     @property
-    def dp_size(self) -> int:
-        return self.world_size // self.sp.sp_size
-
-    @property
-    def dp_rank(self) -> int:
-        return self.rank // self.sp.sp_size
-
-    @property
-    def sp_rank(self) -> int:
-        return self.rank % self.sp.sp_size
+    def sp_config(self) -> SequenceParallelConfig:
+        return self.sp
 
     @property
     def batch_shard(self) -> tuple[int, int]:

@@ -23,6 +23,7 @@ from typing import Optional
 logger = logging.getLogger("longvila")
 
 MARKER = "checkpoint.json"
+TRAINER_STATE = "trainer_state_rank{rank}.pt"  # per rank: data position, skip counts, RNG
 STAGING_PREFIX = ".tmp-"
 _NAME = re.compile(r"^(\.tmp-)?step-(\d+)$")
 

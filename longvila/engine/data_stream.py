@@ -15,14 +15,14 @@ the few samples repeated to give every DP rank the same number per epoch count a
 Resharding. An epoch is one seeded order of ``n`` positions; a layout of DP ranks splits the positions not yet
 consumed this epoch round-robin, and each rank keeps a cursor into its share. From the states of every old rank
 :func:`merge_stream_states` recovers exactly which positions the epoch has consumed, so a run resumed with another
-number of data-parallel ranks (:meth:`MicroBatchStream.load_state_dict` with ``reshard=True``) continues with the
+number of data-parallel ranks (:meth:`MicroBatchStream.load_state_dict` given that merged state) continues with the
 positions nobody has seen: no sample twice, none skipped. ``take_step_log`` hands out the dataset indices drawn
 since the last call (trained on, and skipped as bad), for the per-step sample log.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 

@@ -68,6 +68,17 @@ class PeakMemoryWindows:
         return self.run_peak, step_peak
 
 
+def truncate_step_log(path: Path, resume_step: Optional[int]) -> None:
+    """A per-step JSON-lines log for a run that starts (``resume_step`` None: emptied) or resumes (lines past
+    ``resume_step`` dropped, so the replayed steps are not logged twice); ``metrics.jsonl`` and the sample log."""
+    if resume_step is None:
+        path.write_text("")
+    elif path.exists():
+        kept = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= resume_step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
 class MetricsLogger:
     """Writes ``metrics.jsonl`` and TensorBoard scalars; a resumed run truncates lines past its step."""
 
@@ -78,12 +89,7 @@ class MetricsLogger:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_step is None:
-            self.path.write_text("")
-        elif self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+        truncate_step_log(self.path, resume_step)
         from torch.utils.tensorboard import SummaryWriter
 
         self._writer = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"))

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from longvila.engine.checkpoint_store import Checkpoint, CheckpointError
+from longvila.engine.checkpoint_store import TRAINER_STATE, Checkpoint, CheckpointError
 from longvila.engine.data_stream import merge_stream_states
 
 logger = logging.getLogger("longvila")
@@ -81,7 +81,7 @@ def restore_frozen(engine, module_states: Path) -> int:
 
 def load_trainer_states(checkpoint: Checkpoint) -> list[dict]:
     old_world = checkpoint.layout.world_size
-    paths = [checkpoint.path / f"trainer_state_rank{rank}.pt" for rank in range(old_world)]
+    paths = [checkpoint.path / TRAINER_STATE.format(rank=rank) for rank in range(old_world)]
     missing = [path.name for path in paths if not path.is_file()]
     if missing:
         raise CheckpointError(f"{checkpoint.path} lacks {', '.join(missing)}; it cannot be resharded")

@@ -12,16 +12,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from longvila.engine.metrics import truncate_step_log
+
 SAMPLE_LOG_DIR = "sample_ids"
 
 
 def truncate_sample_logs(output_dir: Path, resume_step: int | None) -> None:
     """Rank 0, before any rank writes: a fresh run starts empty, a resumed one keeps steps <= ``resume_step``."""
-    folder = Path(output_dir) / SAMPLE_LOG_DIR
-    for path in sorted(folder.glob("dp*.jsonl")) if folder.is_dir() else []:
-        kept = [] if resume_step is None else [
-            line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= resume_step]
-        path.write_text("".join(line + "\n" for line in kept))
+    for path in sorted((Path(output_dir) / SAMPLE_LOG_DIR).glob("dp*.jsonl")):
+        truncate_step_log(path, resume_step)
 
 
 class SampleLog:

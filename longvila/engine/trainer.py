@@ -29,7 +29,7 @@ from longvila.distributed.loss import mean_loss, normalised_loss
 from longvila.distributed.mesh import ParallelDims, SequenceParallelConfig
 from longvila.engine import checkpoint_store as store
 from longvila.engine.activation_offload import offload_context
-from longvila.engine.checkpoint_store import CheckpointError, RunLayout, TrainingError
+from longvila.engine.checkpoint_store import TRAINER_STATE, CheckpointError, RunLayout, TrainingError
 from longvila.engine.data_stream import MicroBatchStream
 from longvila.engine.deepspeed_config import build_deepspeed_config, zero_stage
 from longvila.engine.dist import DistEnv
@@ -42,7 +42,6 @@ from longvila.engine.step_metrics import StepReductions
 logger = logging.getLogger("longvila")
 
 CHECKPOINT_DIR = "checkpoints"
-TRAINER_STATE = "trainer_state_rank{rank}.pt"
 
 
 def move_to_device(batch: dict[str, Any], device: torch.device, float_dtype: torch.dtype) -> dict[str, Any]:
