@@ -6,6 +6,7 @@
     longvila vniah --model DIR --output_dir DIR [...]           # V-NIAH heatmap (longvila.eval.vniah)
     longvila passkey --model DIR --output_dir DIR [...]         # passkey retrieval heatmap (longvila.eval.passkey)
     longvila chat --model DIR [--image F | --video F] "question" # one greedy answer (longvila.chat)
+    longvila plan --model qwen2-7b --model_max_length 1048576 --gpus 8  # layout, memory, time (longvila.plan)
 """
 
 from __future__ import annotations
@@ -93,8 +94,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     commands.add_parser("passkey", help="passkey retrieval evaluation", add_help=False)
     commands.add_parser("chat", help="answer one question (text, --image or --video) from a checkpoint",
                         add_help=False)
+    commands.add_parser("plan", help="predict memory and step time, pick the layout, print the command",
+                        add_help=False)
     args, rest = parser.parse_known_args(argv)
 
+    if args.command == "plan":
+        from longvila.plan.cli import main as plan_main
+
+        plan_main(rest)
+        return
     if args.command in ("vniah", "passkey", "chat"):
         module = "longvila.chat" if args.command == "chat" else f"longvila.eval.{args.command}"
         importlib.import_module(module).main(rest)

@@ -23,8 +23,14 @@ LLM_SHAPES = {
     "llama3-8b": dict(arch="llama", hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
                       num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rope_theta=5e5,
                       max_position_embeddings=8192),
+    "llama2-7b": dict(arch="llama", hidden_size=4096, intermediate_size=11008, num_attention_heads=32,
+                      num_key_value_heads=32, vocab_size=32000, tie_word_embeddings=False, rope_theta=1e4,
+                      max_position_embeddings=4096),
 }
 """Layer shapes of released LLMs (their HF config.json values); ``num_hidden_layers`` is chosen per use."""
+
+RELEASED_LAYERS = {"qwen2-1.5b": 28, "qwen2-7b": 28, "llama3-8b": 32, "llama2-7b": 32, "siglip-so400m": 27}
+"""Layer counts of the released models, for planning at full depth (``longvila.plan``)."""
 
 VISION_SHAPES = {
     "siglip-so400m": dict(hidden_size=1152, intermediate_size=4304, num_attention_heads=16, image_size=384,

@@ -1,0 +1,68 @@
+"""Predictions for runs that were measured, so the planner's error can be stated and tested.
+
+A measured run is described by the settings ``benchmarks/long_context_memory.py`` records with each row (LLM shape,
+depth, LoRA, SP degree, tokens, system) or by a stage run's own ``metrics.jsonl`` and the flags it ran with. The
+probes are fp32 CPU runs of one stage-4 step, so they are predicted with ``--device cpu`` (the resident-set peak,
+runtime included) and the probes' vision tower depth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from longvila.plan.hardware import cpu_device
+from longvila.plan.layout import Layout
+from longvila.plan.memory import MemoryBreakdown, predict_memory
+from longvila.plan.model_shape import ModelShape, resolve_model_shape
+from longvila.plan.workload import TrainingChoices, Workload
+
+BENCHMARK_SYSTEMS = {
+    "naive": {"loss_impl": "naive", "tiled_mlp_tokens": 0},
+    "chunked": {"tiled_mlp_tokens": 0},
+    "default": {},
+}
+"""The benchmark's systems of ours (``--loss_impl`` / ``--tiled_mlp_tokens``); ALST's rows are not our trainer."""
+PROBE_VISION_LAYERS = 2
+"""``build_real_shape_checkpoint``'s default tower depth (stage 4 never runs the tower; its weights still count)."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    label: str
+    tokens: int
+    sp: int
+    measured_gib: float
+    predicted: MemoryBreakdown
+
+    @property
+    def error(self) -> float:
+        """Relative error of the predicted peak against the measured one."""
+        return self.predicted.peak_gib / self.measured_gib - 1
+
+
+def predict_cpu_run(shape: ModelShape, tokens: int, sp: int = 1, **choices) -> MemoryBreakdown:
+    """Peak resident memory of one rank of an fp32 CPU stage-4 run with ``sp`` Ulysses ranks."""
+    return predict_memory(shape, Layout(sp, sp, sp, 1), Workload(tokens), TrainingChoices(bf16=False, **choices),
+                          cpu_device())
+
+
+def compare_benchmark_rows(rows: list[dict]) -> list[Comparison]:
+    """One comparison per row of ours in a long-context memory benchmark result file.
+
+    The measured value is the second step's own peak where the row has it, else the run's peak (rows written before
+    ``step_peak_gb`` existed; after loading, the run's peak is a step's).
+    """
+    shapes: dict[tuple, ModelShape] = {}
+    out = []
+    for row in rows:
+        if row["system"] not in BENCHMARK_SYSTEMS:
+            continue
+        llm, layers, lora = row.get("llm") or "qwen2-1.5b", row.get("llm_layers") or 2, bool(row.get("lora"))
+        key = (llm, layers, lora)
+        if key not in shapes:
+            shapes[key] = resolve_model_shape(llm, lora=lora, num_layers=layers, vision_layers=PROBE_VISION_LAYERS)
+        sp = row.get("sp") or 1
+        predicted = predict_cpu_run(shapes[key], row["tokens"], sp, lora=lora, **BENCHMARK_SYSTEMS[row["system"]])
+        label = f"{llm} {layers}L{' LoRA' if lora else ''}, {row['system']}"
+        out.append(Comparison(label, row["tokens"], sp, row.get("step_peak_gb") or row["peak_gb"], predicted))
+    return out

@@ -1,0 +1,74 @@
+"""What a plan trains: the stage, the sequence (text tokens, or video frames turned into tokens) and the choices
+that change memory and speed (ZeRO stage, LoRA, checkpointing and its offload, MLP tiling, the loss, precision).
+
+Stage names and what each trains come from the stage modules themselves (``longvila.stages.<name>.SPEC``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEEPSPEED_CONFIGS = ("zero2", "zero2_offload", "zero3", "zero3_offload")
+"""The packaged DeepSpeed configs a plan chooses between, cheapest in time first."""
+VIDEO_TEXT_TOKENS = 256
+"""Prompt and answer tokens assumed beside a video's frames when only ``--num_video_frames`` is given."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One sample's length: ``tokens`` positions in the LLM, of which ``frames`` video frames (0 for text)."""
+
+    tokens: int
+    frames: int = 0
+
+    @classmethod
+    def from_frames(cls, frames: int, tokens_per_frame: int, text_tokens: int = VIDEO_TEXT_TOKENS) -> "Workload":
+        """Each frame is its projected tokens plus one newline embedding (VILA's video layout)."""
+        if frames < 1:
+            raise ValueError(f"--num_video_frames must be at least 1, got {frames}")
+        return cls(tokens=frames * (tokens_per_frame + 1) + text_tokens, frames=frames)
+
+
+@dataclass(frozen=True)
+class TrainingChoices:
+    """The memory/speed choices of one run (all decided: the search fills in what the user left open)."""
+
+    stage: str = "s4_context_ext"
+    deepspeed: str = "zero2"
+    """A packaged DeepSpeed config (``longvila/recipes/``): zero2, zero2_offload (Adam state and fp32 master
+    weights in host memory), zero3, zero3_offload (those and the bf16 weights in host memory)."""
+    lora: bool = False
+    checkpointing: str = "true"
+    """``--gradient_checkpointing``: true | false | offload (checkpointed layer inputs in host memory)."""
+    tiled_mlp_tokens: int = 4096
+    loss_impl: str = "chunked"
+    bf16: bool = True
+    micro_batch: int = 1
+
+    def __post_init__(self) -> None:
+        if self.deepspeed not in DEEPSPEED_CONFIGS:
+            raise ValueError(f"--deepspeed must be one of {', '.join(DEEPSPEED_CONFIGS)}, got {self.deepspeed!r}")
+        if self.checkpointing not in ("true", "false", "offload"):
+            raise ValueError(f"--gradient_checkpointing must be true, false or offload, got {self.checkpointing!r}")
+        if self.loss_impl not in ("chunked", "naive"):
+            raise ValueError(f"--loss_impl must be chunked or naive, got {self.loss_impl!r}")
+        if self.tiled_mlp_tokens < 0 or self.micro_batch < 1:
+            raise ValueError("--tiled_mlp_tokens must be >= 0 and --per_device_train_batch_size >= 1")
+
+    @property
+    def zero_stage(self) -> int:
+        return 3 if self.deepspeed.startswith("zero3") else 2
+
+    @property
+    def offloads_optimizer(self) -> bool:
+        return self.deepspeed.endswith("_offload")
+
+    @property
+    def offloads_params(self) -> bool:
+        return self.deepspeed == "zero3_offload"
+
+    @property
+    def trains(self) -> frozenset:
+        from longvila.cli import stage_spec
+
+        return stage_spec(self.stage).trains
