@@ -89,5 +89,7 @@ def resolve_device(device: str, gpu_memory_gb: float | None = None) -> Device:
     if gpu_memory_gb is not None:
         if gpu_memory_gb <= 0:
             raise ValueError(f"--gpu_memory_gb must be positive, got {gpu_memory_gb}")
-        preset = replace(preset, name=f"{preset.name} ({gpu_memory_gb:g} GB)", memory_gib=gpu_memory_gb * 0.99)
+        usable = gpu_memory_gb * 0.99  # what the driver leaves of a nominal size (80 GB parts: 79.2 GiB)
+        if abs(usable - preset.memory_gib) > 0.5:
+            preset = replace(preset, name=f"{preset.name.split('-')[0]}-class, {gpu_memory_gb:g} GB", memory_gib=usable)
     return preset

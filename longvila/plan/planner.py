@@ -82,7 +82,8 @@ class Plan:
     workload: Workload
     best: Candidate | None
     """The chosen run; when nothing fits, the candidate that comes closest (its ``problems`` say why)."""
-    rejected: list[Candidate] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
+    """Every (layout, choices) scored for the request."""
     alternative: Candidate | None = None
     """With a fixed SP layout that cannot run: the best run with SP left open."""
     max_tokens: int | None = None
@@ -92,6 +93,10 @@ class Plan:
     @property
     def fits(self) -> bool:
         return self.best is not None and self.best.fits
+
+    @property
+    def rejected(self) -> list[Candidate]:
+        return [c for c in self.candidates if not c.fits]
 
     def command(self) -> str | None:
         chosen = self.best if self.fits else self.alternative
@@ -160,16 +165,15 @@ def _search(request: PlanRequest, sp: int | None, ring: int | None, cache: dict)
         scored += [evaluate(request, shape, layout, choices, workload) for layout in layouts]
     fitting = [c for c in scored if c.fits]
     if fitting:
-        return min(fitting, key=_preference), [c for c in scored if not c.fits]
+        return min(fitting, key=_preference), scored
     measured = [c for c in scored if c.memory is not None]
-    closest = min(measured, key=lambda c: c.memory.peak_gib) if measured else None
-    return closest, [c for c in scored if c is not closest]
+    return (min(measured, key=lambda c: c.memory.peak_gib) if measured else None), scored
 
 
 def plan(request: PlanRequest) -> Plan:
     """Search the open choices for ``request`` and return the plan (see ``Plan``)."""
     cache: dict = {}
-    best, rejected = _search(request, request.seq_parallel_size, request.seq_parallel_ring_size, cache)
+    best, scored = _search(request, request.seq_parallel_size, request.seq_parallel_ring_size, cache)
     alternative = None
     fixed = request.seq_parallel_size is not None or request.seq_parallel_ring_size is not None
     if fixed and (best is None or not best.fits):
@@ -178,7 +182,7 @@ def plan(request: PlanRequest) -> Plan:
     chosen = best if best is not None and best.fits else alternative
     lora = (chosen or best).choices.lora if (chosen or best) else bool(request.lora)
     shape = _shape(request, lora, cache)
-    result = Plan(request, shape, _workload(request, shape), best, rejected, alternative)
+    result = Plan(request, shape, _workload(request, shape), best, scored, alternative)
     if chosen is not None:
         _reach(result, chosen)
         _notes(result, chosen)

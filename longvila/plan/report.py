@@ -42,7 +42,7 @@ def format_plan(result: Plan) -> str:
              f"{shape.total_params / 1e9:.2f} B parameters",
              f"workload   {request.stage}: {result.workload.tokens:,} tokens per sample"
              + (f" ({result.workload.frames} frames)" if result.workload.frames else ""),
-             f"cluster    {request.gpus} x {request.device.name} ({request.gpus_per_node} per node), "
+             f"cluster    {request.gpus} x {request.device.name} ({min(request.gpus, request.gpus_per_node)} per node), "
              f"{request.device.budget_gib:.1f} GiB usable per GPU"]
     if not result.fits:
         lines.append("")
@@ -62,27 +62,35 @@ def format_plan(result: Plan) -> str:
         reach = f"{result.max_tokens:,} tokens" + (f" ({result.max_frames} frames)" if result.max_frames else "")
         lines.append(f"reach      the longest sample that fits this layout: {reach}")
     lines += [f"note       {note}" for note in result.notes]
-    rule_breakers = [c for c in result.rejected if c.memory is None]
-    if rule_breakers:
-        lines.append("")
-        lines.append(f"ruled out  {len({c.layout for c in rule_breakers})} layouts:")
-        seen = []
-        for candidate in rule_breakers:
-            if candidate.layout not in seen:
-                seen.append(candidate.layout)
-                if len(seen) <= SHOWN_REJECTIONS:
-                    lines.append(f"           {candidate.layout.describe()}: {'; '.join(candidate.problems)}")
-        if len(seen) > SHOWN_REJECTIONS:
-            lines.append(f"           ... and {len(seen) - SHOWN_REJECTIONS} more (--json lists all)")
+    ruled_out = _ruled_out_layouts(result)
+    if ruled_out:
+        lines += ["", f"ruled out  {len(ruled_out)} layout{'s' if len(ruled_out) > 1 else ''}:"]
+        lines += [f"           {layout.describe()}: {reason}" for layout, reason in ruled_out[:SHOWN_REJECTIONS]]
+        if len(ruled_out) > SHOWN_REJECTIONS:
+            lines.append(f"           ... and {len(ruled_out) - SHOWN_REJECTIONS} more (--json lists every one)")
     command = result.command()
     if command:
         lines += ["", "command", f"  {command}"]
     return "\n".join(lines)
 
 
+def _ruled_out_layouts(result: Plan) -> list[tuple]:
+    """Each layout none of whose choices can run, with the reason of its closest candidate (a rule it breaks, or
+    the memory its leanest choices still need)."""
+    runnable = {c.layout for c in result.candidates if c.fits}
+    closest: dict = {}
+    for candidate in result.rejected:
+        if candidate.layout in runnable:
+            continue
+        peak = candidate.memory.peak_gib if candidate.memory else float("inf")
+        if candidate.layout not in closest or peak < closest[candidate.layout][0]:
+            closest[candidate.layout] = (peak, "; ".join(candidate.problems))
+    return [(layout, reason) for layout, (_, reason) in closest.items()]
+
+
 def _breakdown(candidate: Candidate) -> list[str]:
     memory, time = candidate.memory.as_dict(), candidate.time.as_dict()
-    lines = ["", f"memory per GPU (GiB)                    {'':>8}"]
+    lines = ["", "memory per GPU (GiB)"]
     lines += [f"  {label:<38}{memory[key]:>8.2f}" for label, key in MEMORY_ROWS if memory[key] > 0.005]
     lines.append(f"  peak ({memory['peak_phase']}){'':<{30 - len(memory['peak_phase'])}}{memory['peak_gib']:>8.2f}"
                  f"   (backward {memory['backward_gib']:.2f}, optimizer step {memory['step_gib']:.2f})")
@@ -90,7 +98,7 @@ def _breakdown(candidate: Candidate) -> list[str]:
         lines.append(f"  host memory for offloaded state         {memory['host_offload_gib']:>8.2f} per GPU")
     lines += ["", "step time (s)"]
     lines += [f"  {label:<38}{time[key]:>8.2f}" for label, key in TIME_ROWS if time[key] > 0.0005]
-    lines.append(f"  total{'':<33}{time['total_s']:>8.2f}   ({time['model_tflop']:.1f} TFLOP per GPU per step)")
+    lines.append(f"  total{'':<33}{time['total_s']:>8.2f}   ({time['model_tflop']:,.0f} TFLOP per GPU per step)")
     return lines
 
 

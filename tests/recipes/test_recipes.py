@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_every_stage_has_a_packaged_recipe():
     assert recipe_names() == sorted(STAGES)
-    assert deepspeed_config_names() == ["zero2", "zero3"]
+    assert deepspeed_config_names() == ["zero2", "zero2_offload", "zero3", "zero3_offload"]
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -65,7 +65,7 @@ def test_deepspeed_file_path_wins_over_packaged_name(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("value", ["zero4", "stages/zero3.json", "/nonexistent/ds.json"])
 def test_unknown_deepspeed_is_one_line_config_error(value, tmp_path):
-    with pytest.raises(ConfigError, match=r"--deepspeed .*no packaged config of that name \(packaged: zero2, zero3\)") \
+    with pytest.raises(ConfigError, match=r"--deepspeed .*no packaged config of that name \(packaged: zero2, zero2_offload, zero3, zero3_offload\)") \
             as error:
         parse_stage_args("s1_align", ["--output_dir", str(tmp_path), "--deepspeed", value])
     assert "\n" not in str(error.value)
@@ -129,8 +129,8 @@ def test_wheel_install_carries_and_uses_the_recipes(tmp_path, subprocess_env):
     the repository, so the checkout is not on their path either.
     """
     wheel = _build_wheel(tmp_path)
-    packaged = {f"longvila/recipes/{stage}.yaml" for stage in STAGES} | {"longvila/recipes/zero2.json",
-                                                                       "longvila/recipes/zero3.json"}
+    packaged = {f"longvila/recipes/{stage}.yaml" for stage in STAGES} | {
+        f"longvila/recipes/{name}.json" for name in ("zero2", "zero2_offload", "zero3", "zero3_offload")}
     with zipfile.ZipFile(wheel) as archive:
         assert packaged <= set(archive.namelist())
 
