@@ -9,7 +9,8 @@ The baseline itself is benchmarked too, so both appear in pytest-benchmark's tab
 GPU shapes: attention B=1, H=16, S=16384, D=128 causal bf16 (fwd and fwd+bwd) against SDPA's fastest backend;
 the torch block backend on a packed block (8 documents) 16 q / 4 kv heads x 8192 x 128 bf16 against the math path;
 CE 32768 tokens x 152064 vocab x 3584 hidden bf16; RMSNorm 32768x3584; RoPE 28q/4kv heads x 32768 x 128.
-CPU (interpreter) shapes are tiny and only check that everything runs.
+CPU shapes are tiny and only check that everything runs: the `triton` tests need the interpreter there, i.e. a
+session started with ``TRITON_INTERPRET=1`` (benchmarks/conftest.py skips them otherwise).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from longvila.distributed.lse import merge_attention as lse_merge_reference
 from longvila.kernels import flash_attention as fa
 from longvila.kernels.fused_linear_ce import fused_linear_cross_entropy
-from longvila.kernels.lse_merge import lse_merge, lse_merge_reference
+from longvila.kernels.lse_merge import lse_merge
 from longvila.kernels.rmsnorm import rms_norm, rms_norm_reference
 from longvila.kernels.rope import apply_rope, apply_rope_reference, rope_cos_sin
 
@@ -79,6 +81,7 @@ def _triton_attention(q, k, v, mode):
     return run
 
 
+@pytest.mark.triton
 @pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
 def test_attention_triton(benchmark, device, rounds, mode):
     benchmark.group = f"attention-{mode}"
@@ -174,6 +177,7 @@ def _merge_inputs(device):
     return o1, l1, o2, l2
 
 
+@pytest.mark.triton
 def test_lse_merge_triton(benchmark, device, rounds):
     benchmark.group = "lse-merge"
     args = _merge_inputs(device)
@@ -208,6 +212,7 @@ def _norm_step(fn, x, w):
     return run
 
 
+@pytest.mark.triton
 def test_rmsnorm_triton(benchmark, device, rounds):
     benchmark.group = "rmsnorm-fwd_bwd"
     x, w = _norm_inputs(device)
@@ -250,6 +255,7 @@ def _rope_step(fn, q, k, pos):
     return run
 
 
+@pytest.mark.triton
 def test_rope_triton(benchmark, device, rounds):
     benchmark.group = "rope-fwd_bwd"
     q, k, pos = _rope_inputs(device)
@@ -303,6 +309,7 @@ def _peak_mib(fn):
     return (torch.cuda.max_memory_allocated() - start) / 2**20
 
 
+@pytest.mark.triton
 def test_fused_linear_ce_triton(benchmark, device, rounds):
     benchmark.group = "linear-ce-fwd_bwd"
     h, w, labels = _ce_inputs(device)

@@ -2,7 +2,8 @@
 
 Each kernel lives in its own module beside its pure-torch reference and its ``torch.autograd.Function``. This
 package imports on any machine (CPU-only, or without triton at all); only launching a kernel needs a CUDA device
-or the CPU interpreter (``TRITON_INTERPRET=1``). Kernel modules are imported lazily by their users.
+or the CPU interpreter, which a process gets by starting with ``TRITON_INTERPRET=1`` in its environment (the mode is
+fixed when the kernels are imported; see ``_triton.py``). Kernel modules are imported lazily by their users.
 """
 
 from __future__ import annotations

@@ -34,7 +34,16 @@ import math
 
 import torch
 
-from ._triton import LazyKernels, check_launchable, interpreting, next_power_of_2, tl, triton
+from ._triton import (
+    HAS_TRITON,
+    autotune_enabled,
+    autotuned,
+    check_launchable,
+    interpreting,
+    next_power_of_2,
+    tl,
+    triton,
+)
 
 LOG2E = 1.4426950408889634
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -80,7 +89,9 @@ def _visibility(sq, sk, causal, q_seg, k_seg, device):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Triton kernels
+# Triton kernels: module-level @triton.jit functions, compiled or interpreted as the process's TRITON_INTERPRET says
+# when this module is imported (longvila/kernels/_triton.py); the forward and both backward passes also get a GPU
+# autotuner (`_*_tuned` below).
 #
 # Segments: instead of testing every key block inside the loop (an scf.if around the loads stops Triton's
 # software pipelining and costs registers), the launcher computes per-row visible ranges on the device
@@ -88,6 +99,7 @@ def _visibility(sq, sk, causal, q_seg, k_seg, device):
 # which packed documents, zigzag shards and padding-as-an-extra-document all are; the whole row otherwise). Each
 # program narrows its loop bounds to the union of its rows' spans and applies the exact id mask elementwise.
 # --------------------------------------------------------------------------------------------------------------
+@triton.jit
 def _tile_mask(offs_rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
     """In-bounds elements of a (rows, BLOCK_D) tile: rows below ``n_rows`` and, when the head dim is padded to a
     power of two, columns below HEAD_DIM."""
@@ -98,6 +110,7 @@ def _tile_mask(offs_rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.co
     return mask
 
 
+@triton.jit
 def _load_tile(ptrs, offs_rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                ROW_MASK: tl.constexpr, UPCAST: tl.constexpr):
     """Load a (rows, BLOCK_D) tile of q/k/v/do. Rows at or past ``n_rows`` (only checked when ROW_MASK) and the
@@ -114,6 +127,7 @@ def _load_tile(ptrs, offs_rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D:
     return x
 
 
+@triton.jit
 def _key_block_scores(
     q, offs_m, q_seg, k_base, v_base, kseg_base, stride_ks, stride_kd, stride_vs, stride_vd, stride_segk,
     start_n, Sk, qk_scale,
@@ -147,6 +161,7 @@ def _key_block_scores(
     return qk, k, v
 
 
+@triton.jit
 def _query_block_key_ranges(
     start_m, offs_m, m_ok, rows, b, Sq, Sk, QSEG, KSEG, KR_LO, KR_HI, stride_qsegb, stride_qsegs, stride_ksegb,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_SEG: tl.constexpr,
@@ -172,8 +187,8 @@ def _query_block_key_ranges(
         kseg_base = KSEG + b * stride_ksegb
         span_lo = tl.load(KR_LO + b * Sq + offs_m, mask=m_ok, other=2147483647)
         span_hi = tl.load(KR_HI + b * Sq + offs_m, mask=m_ok, other=0)
-        k_lo = tl.reduce(span_lo, 0, tl.standard._elementwise_min)
-        k_hi = tl.reduce(span_hi, 0, tl.standard._elementwise_max)
+        k_lo = tl.min(span_lo, 0)
+        k_hi = tl.max(span_hi, 0)
         lo = (k_lo // BLOCK_N) * BLOCK_N
         end1 = tl.minimum(full_hi, ((k_hi + BLOCK_N - 1) // BLOCK_N) * BLOCK_N)
         start2 = tl.maximum(full_hi, lo)
@@ -181,6 +196,7 @@ def _query_block_key_ranges(
     return lo, end1, start2, hi, q_seg, kseg_base
 
 
+@triton.jit
 def _fwd_inner(
     acc, l_i, m_i, q, offs_m, q_seg,
     k_base, v_base, kseg_base, stride_ks, stride_kd, stride_vs, stride_vd, stride_segk,
@@ -196,20 +212,21 @@ def _fwd_inner(
             start_n, Sk, qk_scale,
             HEAD_DIM, BLOCK_D, BLOCK_N, MASKED, IS_CAUSAL, HAS_SEG, UPCAST, DOT_PRECISION,
         )
-        m_new = tl.maximum(m_i, tl.reduce(qk, 1, tl.standard._elementwise_max))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
         if MASKED or HAS_SEG:
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # fully masked so far: avoid -inf - -inf
         else:
             m_use = m_new
         p = tl.exp2(qk - m_use[:, None])
         alpha = tl.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.reduce(p, 1, tl.standard._sum_combine)
+        l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i
 
 
+@triton.jit
 def _attn_fwd_kernel(
     Q, K, V, O, LSE, QSEG, KSEG, KR_LO, KR_HI,
     stride_qb, stride_qh, stride_qs, stride_qd,
@@ -246,8 +263,8 @@ def _attn_fwd_kernel(
     k_base = K + b * stride_kb + hk * stride_kh
     v_base = V + b * stride_vb + hk * stride_vh
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.full([BLOCK_M], 0.0, tl.float32)
-    acc = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     acc, l_i, m_i = _fwd_inner(
         acc, l_i, m_i, q, offs_m, q_seg,
         k_base, v_base, kseg_base, stride_ks, stride_kd, stride_vs, stride_vd, stride_ksegs,
@@ -270,6 +287,7 @@ def _attn_fwd_kernel(
     tl.store(LSE + pid_bh.to(tl.int64) * Sq + offs_m, lse, mask=m_ok)
 
 
+@triton.jit
 def _bwd_preprocess_kernel(
     O, DO, DELTA,
     stride_ob, stride_oh, stride_os, stride_od,
@@ -290,10 +308,11 @@ def _bwd_preprocess_kernel(
                 other=0.0)
     do = tl.load(DO + b * stride_dob + h * stride_doh + rows * stride_dos + offs_d[None, :] * stride_dod, mask=mask,
                  other=0.0)
-    delta = tl.reduce(o.to(tl.float32) * do.to(tl.float32), 1, tl.standard._sum_combine)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(DELTA + pid_bh.to(tl.int64) * Sq + offs_m, delta, mask=offs_m < Sq)
 
 
+@triton.jit
 def _bwd_dkdv_inner(
     dk, dv, k, v, offs_n, k_seg,
     q_base, do_base, lse_base, delta_base, qseg_base,
@@ -340,6 +359,7 @@ def _bwd_dkdv_inner(
     return dk, dv
 
 
+@triton.jit
 def _attn_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, QSEG, KSEG, QR_LO, QR_HI,
     stride_qb, stride_qh, stride_qs, stride_qd,
@@ -384,15 +404,15 @@ def _attn_bwd_dkdv_kernel(
         qseg_base = QSEG + b * stride_qsegb
         span_lo = tl.load(QR_LO + b * Sk + offs_n, mask=n_ok, other=2147483647)
         span_hi = tl.load(QR_HI + b * Sk + offs_n, mask=n_ok, other=0)
-        q_lo = tl.reduce(span_lo, 0, tl.standard._elementwise_min)
-        q_hi = tl.reduce(span_hi, 0, tl.standard._elementwise_max)
+        q_lo = tl.min(span_lo, 0)
+        q_hi = tl.max(span_hi, 0)
         lo = tl.maximum(lo, (q_lo // BLOCK_M) * BLOCK_M)
         end1 = tl.minimum(m_full, q_hi)
         start2 = tl.maximum(m_full, lo)
         hi = tl.minimum(hi, q_hi)
 
-    dk = tl.full([BLOCK_N, BLOCK_D], 0.0, tl.float32)
-    dv = tl.full([BLOCK_N, BLOCK_D], 0.0, tl.float32)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     for g in range(0, GROUP):
         h = hk * GROUP + g
         bh = b * H + h
@@ -421,6 +441,7 @@ def _attn_bwd_dkdv_kernel(
              dv.to(DV.dtype.element_ty), mask=_tile_mask(offs_n, Sk, offs_d, HEAD_DIM, BLOCK_D))
 
 
+@triton.jit
 def _bwd_dq_inner(
     dq, q, do, lse2, delta, offs_m, q_seg,
     k_base, v_base, kseg_base, stride_ks, stride_kd, stride_vs, stride_vd, stride_segk,
@@ -443,6 +464,7 @@ def _bwd_dq_inner(
     return dq
 
 
+@triton.jit
 def _attn_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ, QSEG, KSEG, KR_LO, KR_HI,
     stride_qb, stride_qh, stride_qs, stride_qd,
@@ -481,7 +503,7 @@ def _attn_bwd_dq_kernel(
 
     k_base = K + b * stride_kb + hk * stride_kh
     v_base = V + b * stride_vb + hk * stride_vh
-    dq = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     dq = _bwd_dq_inner(
         dq, q, do, lse2, delta, offs_m, q_seg,
         k_base, v_base, kseg_base, stride_ks, stride_kd, stride_vs, stride_vd, stride_ksegs,
@@ -501,7 +523,7 @@ def _attn_bwd_dq_kernel(
 
 def _gpu_configs(pairs):
     """Autotune candidates ``(BLOCK_M, BLOCK_N, num_warps, num_stages)``; the first is the no-autotune default."""
-    if triton is None:
+    if not HAS_TRITON:
         return []
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in pairs]
 
@@ -519,24 +541,17 @@ _SAFE_CONFIG = (64, 32, 4, 2)
 _TUNE_KEY = ["HEAD_DIM", "SEQ_BUCKET", "IS_CAUSAL", "HAS_SEG"]
 _INTERPRET_BLOCK = {"BLOCK_M": 16, "BLOCK_N": 16}
 
-_KERNELS = LazyKernels(
-    globals(),
-    helpers=[_tile_mask, _load_tile, _key_block_scores, _query_block_key_ranges, _fwd_inner, _bwd_dkdv_inner,
-             _bwd_dq_inner],
-    kernels=[_attn_fwd_kernel, _bwd_preprocess_kernel, _attn_bwd_dkdv_kernel, _attn_bwd_dq_kernel],
-    autotune={
-        "_attn_fwd_kernel": (_gpu_configs(_FWD_CONFIGS), _TUNE_KEY),
-        "_attn_bwd_dkdv_kernel": (_gpu_configs(_DKDV_CONFIGS), _TUNE_KEY),
-        "_attn_bwd_dq_kernel": (_gpu_configs(_DQ_CONFIGS), _TUNE_KEY),
-    },
-)
+# The autotuned launchers of the three tuned kernels (compiled mode only; None under the interpreter).
+_attn_fwd_kernel_tuned = autotuned(_attn_fwd_kernel, _gpu_configs(_FWD_CONFIGS), _TUNE_KEY)
+_attn_bwd_dkdv_kernel_tuned = autotuned(_attn_bwd_dkdv_kernel, _gpu_configs(_DKDV_CONFIGS), _TUNE_KEY)
+_attn_bwd_dq_kernel_tuned = autotuned(_attn_bwd_dq_kernel, _gpu_configs(_DQ_CONFIGS), _TUNE_KEY)
 
 
-def _launch(name, grid_fn, args, constexprs, default_pairs, elem_size, config=None):
-    """Launch kernel ``name``: autotuned on the GPU, else with ``config`` / interpreter blocks / the default."""
-    kernel, autotuned = _KERNELS.get(name)
-    if autotuned and config is None:
-        kernel[grid_fn](*args, **constexprs)
+def _launch(kernel, tuned, grid_fn, args, constexprs, default_pairs, elem_size, config=None):
+    """Launch a tuned kernel: through its autotuner (``tuned``) on the GPU unless autotuning is off or ``config``
+    is given; otherwise the jitted ``kernel`` with ``config`` / the interpreter blocks / the default config."""
+    if config is None and tuned is not None and autotune_enabled():
+        tuned[grid_fn](*args, **constexprs)
         return
     if config is None:
         if interpreting():
@@ -546,8 +561,6 @@ def _launch(name, grid_fn, args, constexprs, default_pairs, elem_size, config=No
             m, n, w, s = _SAFE_CONFIG if big else default_pairs[0]
             config = {"BLOCK_M": m, "BLOCK_N": n, "num_warps": w, "num_stages": s}
     meta = {**constexprs, **config}
-    if autotuned:  # explicit config on the GPU: bypass the autotuner and call the jitted function directly
-        kernel = kernel.fn
     kernel[grid_fn(meta)](*args, **meta)
 
 
@@ -643,7 +656,8 @@ def _forward(q, k, v, causal, scale, q_segment_ids=None, k_segment_ids=None, con
         hq, hq // hkv, sq, sk, float(scale) * LOG2E, _seq_bucket(sq, sk),
     )
     _launch(
-        "_attn_fwd_kernel",
+        _attn_fwd_kernel,
+        _attn_fwd_kernel_tuned,
         lambda meta: (triton.cdiv(sq, meta["BLOCK_M"]), b * hq),
         args,
         _common_constexprs(q, causal, has_seg),
@@ -674,9 +688,8 @@ def _backward(dout, q, k, v, out, lse, causal, scale, q_segment_ids=None, k_segm
     lse = lse.to(torch.float32).contiguous()
     block_d = max(16, next_power_of_2(d))
     delta = torch.empty((b, hq, sq), dtype=torch.float32, device=q.device)
-    pre, _ = _KERNELS.get("_bwd_preprocess_kernel")
     pre_block = 16 if interpreting() else 64
-    pre[(triton.cdiv(sq, pre_block), b * hq)](
+    _bwd_preprocess_kernel[(triton.cdiv(sq, pre_block), b * hq)](
         out, dout, delta, *out.stride(), *dout.stride(), hq, sq,
         HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=pre_block,
     )
@@ -686,7 +699,8 @@ def _backward(dout, q, k, v, out, lse, causal, scale, q_segment_ids=None, k_segm
     constexprs = _common_constexprs(q, causal, has_seg)
     bucket = _seq_bucket(sq, sk)
     _launch(
-        "_attn_bwd_dkdv_kernel",
+        _attn_bwd_dkdv_kernel,
+        _attn_bwd_dkdv_kernel_tuned,
         lambda meta: (triton.cdiv(sk, meta["BLOCK_N"]), b * hkv),
         (q, k, v, dout, lse, delta, dk, dv, qs, ks, *q_ranges,
          *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(), *seg_strides,
@@ -697,7 +711,8 @@ def _backward(dout, q, k, v, out, lse, causal, scale, q_segment_ids=None, k_segm
         dkdv_config,
     )
     _launch(
-        "_attn_bwd_dq_kernel",
+        _attn_bwd_dq_kernel,
+        _attn_bwd_dq_kernel_tuned,
         lambda meta: (triton.cdiv(sq, meta["BLOCK_M"]), b * hq),
         (q, k, v, dout, lse, delta, dq, qs, ks, *k_ranges,
          *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), *seg_strides,

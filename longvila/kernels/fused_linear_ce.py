@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import LazyKernels, check_launchable, interpreting, next_power_of_2, tl, triton, triton_usable
+from ._triton import check_launchable, interpreting, next_power_of_2, tl, triton, triton_usable
 
 IGNORE_INDEX = -100
 
@@ -30,6 +30,7 @@ def linear_cross_entropy_reference(hidden, weight, labels, ignore_index: int = I
     return loss, (flat != ignore_index).sum()
 
 
+@triton.jit
 def _ce_chunk_kernel(
     LOGITS, GRAD, LABELS, LOSS,
     stride_l, stride_g, V,
@@ -42,7 +43,7 @@ def _ce_chunk_kernel(
     g_row = GRAD + row * stride_g
     cols = tl.arange(0, BLOCK_V)
     m = tl.full([BLOCK_V], float("-inf"), tl.float32)
-    s = tl.full([BLOCK_V], 0.0, tl.float32)
+    s = tl.zeros([BLOCK_V], dtype=tl.float32)
     for start in range(0, V, BLOCK_V):
         idx = start + cols
         x = tl.load(x_row + idx, mask=idx < V, other=float("-inf")).to(tl.float32)
@@ -50,8 +51,8 @@ def _ce_chunk_kernel(
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         s = s * tl.exp(m - m_safe) + tl.exp(x - m_safe)
         m = m_new
-    m_row = tl.reduce(m, 0, tl.standard._elementwise_max)
-    s_row = tl.reduce(s * tl.exp(m - m_row), 0, tl.standard._sum_combine)
+    m_row = tl.max(m, 0)
+    s_row = tl.sum(s * tl.exp(m - m_row), 0)
     lse = m_row + tl.log(s_row)
     target = tl.load(x_row + label).to(tl.float32)
     tl.store(LOSS + row, lse - target)
@@ -62,16 +63,12 @@ def _ce_chunk_kernel(
         tl.store(g_row + idx, g.to(GRAD.dtype.element_ty), mask=idx < V)
 
 
-_KERNELS = LazyKernels(globals(), kernels=[_ce_chunk_kernel])
-
-
 def _ce_chunk_triton(logits, labels, grad):
     rows, v = logits.shape
     loss = torch.empty(rows, dtype=torch.float32, device=logits.device)
     block = min(next_power_of_2(v), 32 if interpreting() else 8192)
-    kernel, _ = _KERNELS.get("_ce_chunk_kernel")
-    kernel[(rows,)](logits, grad, labels, loss, logits.stride(0), grad.stride(0), v, BLOCK_V=block,
-                    num_warps=1 if interpreting() else 16)
+    _ce_chunk_kernel[(rows,)](logits, grad, labels, loss, logits.stride(0), grad.stride(0), v, BLOCK_V=block,
+                              num_warps=1 if interpreting() else 16)
     return loss
 
 

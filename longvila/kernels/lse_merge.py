@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import LazyKernels, check_launchable, interpreting, next_power_of_2, tl, triton
+from ._triton import check_launchable, interpreting, next_power_of_2, tl, triton
 
 
+@triton.jit
 def _lse_merge_kernel(
     O1, L1, O2, L2, OUT, LOUT,
     R, D,
@@ -51,9 +52,6 @@ def _lse_merge_kernel(
     tl.store(LOUT + rows, lse, mask=r_ok)
 
 
-_KERNELS = LazyKernels(globals(), kernels=[_lse_merge_kernel])
-
-
 def _check(out1, lse1, out2, lse2):
     if out1.shape != out2.shape or lse1.shape != lse2.shape:
         raise ValueError(f"partial shapes differ: out {tuple(out1.shape)} vs {tuple(out2.shape)}, "
@@ -82,8 +80,8 @@ def _merge_launch(out1, lse1, out2, lse2, out=None, out_lse=None):
         return out, out_lse
     block_d = max(16, next_power_of_2(d))
     block_r = max(1, min(64, 4096 // block_d)) if not interpreting() else 8
-    kernel, _ = _KERNELS.get("_lse_merge_kernel")
-    kernel[(triton.cdiv(rows, block_r),)](o1, l1, o2, l2, out, out_lse, rows, d, BLOCK_R=block_r, BLOCK_D=block_d)
+    _lse_merge_kernel[(triton.cdiv(rows, block_r),)](o1, l1, o2, l2, out, out_lse, rows, d, BLOCK_R=block_r,
+                                                     BLOCK_D=block_d)
     return out, out_lse
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._triton import LazyKernels, check_launchable, interpreting, next_power_of_2, tl, triton, triton_usable
+from ._triton import check_launchable, interpreting, next_power_of_2, tl, triton, triton_usable
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -25,6 +25,7 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6)
     return weight * h.to(input_dtype)
 
 
+@triton.jit
 def _rmsnorm_fwd_kernel(
     X, W, Y, RSTD,
     stride_x, stride_y, N, eps,
@@ -34,7 +35,7 @@ def _rmsnorm_fwd_kernel(
     cols = tl.arange(0, BLOCK_N)
     mask = cols < N
     x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-    var = tl.reduce(x * x, 0, tl.standard._sum_combine) / N
+    var = tl.sum(x * x, 0) / N
     rstd = tl.rsqrt(var + eps)
     n = (x * rstd).to(X.dtype.element_ty).to(tl.float32)  # HF rounds to the input dtype before the weight
     w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
@@ -42,6 +43,7 @@ def _rmsnorm_fwd_kernel(
     tl.store(RSTD + row, rstd)
 
 
+@triton.jit
 def _rmsnorm_bwd_kernel(
     DY, X, W, RSTD, DX, DW_PARTIAL,
     stride_dy, stride_x, stride_dx, M, N, rows_per_program,
@@ -51,7 +53,7 @@ def _rmsnorm_bwd_kernel(
     cols = tl.arange(0, BLOCK_N)
     mask = cols < N
     w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-    dw = tl.full([BLOCK_N], 0.0, tl.float32)
+    dw = tl.zeros([BLOCK_N], dtype=tl.float32)
     row_start = pid * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, M)
     start64 = row_start.to(tl.int64)
@@ -66,7 +68,7 @@ def _rmsnorm_bwd_kernel(
         n = x * rstd
         dw += dy * n.to(X.dtype.element_ty).to(tl.float32)
         dn = dy * w
-        c = tl.reduce(dn * n, 0, tl.standard._sum_combine) / N
+        c = tl.sum(dn * n, 0) / N
         dx = (dn - n * c) * rstd
         tl.store(dx_ptr, dx.to(DX.dtype.element_ty), mask=mask)
         x_ptr += stride_x
@@ -74,9 +76,6 @@ def _rmsnorm_bwd_kernel(
         dx_ptr += stride_dx
         rstd_ptr += 1
     tl.store(DW_PARTIAL + pid.to(tl.int64) * N + cols, dw, mask=mask)
-
-
-_KERNELS = LazyKernels(globals(), kernels=[_rmsnorm_fwd_kernel, _rmsnorm_bwd_kernel])
 
 
 def _warps(block_n: int) -> int:
@@ -99,9 +98,8 @@ def _fwd(x, weight, eps):
     rstd = torch.empty(m, dtype=torch.float32, device=x.device)
     if m > 0:
         block = max(16, next_power_of_2(n))
-        kernel, _ = _KERNELS.get("_rmsnorm_fwd_kernel")
-        kernel[(m,)](x2, weight, y, rstd, x2.stride(0), y.stride(0), n, float(eps), BLOCK_N=block,
-                     num_warps=_warps(block))
+        _rmsnorm_fwd_kernel[(m,)](x2, weight, y, rstd, x2.stride(0), y.stride(0), n, float(eps), BLOCK_N=block,
+                                  num_warps=_warps(block))
     return y.reshape(*x.shape[:-1], n), x2, rstd
 
 
@@ -120,9 +118,8 @@ def _bwd(dy, x2, weight, rstd, x_shape, x_dtype):
     programs = triton.cdiv(m, rows_per_program)
     partial = torch.empty((programs, n), dtype=torch.float32, device=x2.device)
     block = max(16, next_power_of_2(n))
-    kernel, _ = _KERNELS.get("_rmsnorm_bwd_kernel")
-    kernel[(programs,)](dy2, x2, weight, rstd, dx, partial, dy2.stride(0), x2.stride(0), dx.stride(0), m, n,
-                        rows_per_program, BLOCK_N=block, num_warps=_warps(block))
+    _rmsnorm_bwd_kernel[(programs,)](dy2, x2, weight, rstd, dx, partial, dy2.stride(0), x2.stride(0), dx.stride(0),
+                                     m, n, rows_per_program, BLOCK_N=block, num_warps=_warps(block))
     dw = partial.sum(0).to(weight.dtype)
     return dx.reshape(x_shape), dw
 

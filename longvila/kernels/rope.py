@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import LazyKernels, check_launchable, interpreting, next_power_of_2, tl, triton, triton_usable
+from ._triton import check_launchable, interpreting, next_power_of_2, tl, triton, triton_usable
 
 
 def rope_inv_freq(head_dim: int, rope_theta: float, device=None) -> torch.Tensor:
@@ -60,6 +60,7 @@ def apply_rope_reference(q, k, cos, sin):
     return q * c + _rotate_half(q) * s, k * c.to(k.dtype) + _rotate_half(k) * s.to(k.dtype)
 
 
+@triton.jit
 def _rope_kernel(
     Q, K, QO, KO, COS, SIN,
     stride_qb, stride_qh, stride_qs, stride_qd,
@@ -101,9 +102,6 @@ def _rope_kernel(
              mask=mk)
 
 
-_KERNELS = LazyKernels(globals(), kernels=[_rope_kernel])
-
-
 def _check(q, k, cos, sin):
     if q.dim() != 4 or k.dim() != 4:
         raise ValueError(f"q and k must be (B, H, S, D), got {tuple(q.shape)} and {tuple(k.shape)}")
@@ -132,8 +130,7 @@ def _launch(q, k, cos, sin, backward):
     block_hq, block_hk = next_power_of_2(hq), next_power_of_2(hk)
     block_half = max(2, next_power_of_2(half))
     warps = 1 if interpreting() else (4 if block_hq * block_half >= 2048 else 2)
-    kernel, _ = _KERNELS.get("_rope_kernel")
-    kernel[(b * s,)](
+    _rope_kernel[(b * s,)](
         q, k, qo, ko, cos, sin,
         *q.stride(), *k.stride(), *qo.stride(), *ko.stride(),
         stride_cb, cos.stride(1), cos.stride(2),

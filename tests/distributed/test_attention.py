@@ -1,8 +1,5 @@
 """sequence_parallel_attention in every SP mode on 4 real gloo ranks vs full-sequence attention on one process."""
 
-import importlib.util
-import os
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -15,6 +12,7 @@ from longvila.distributed.loss import normalised_loss
 from longvila.distributed.mesh import SequenceParallelConfig
 from longvila.distributed.sharding import gather_sequence, shard_sequence
 from longvila.engine.step_metrics import StepReductions
+from longvila.kernels._triton import interpreting
 
 from .sp_cases import Case, check_all_cases, check_case, packed_positions, reference_attention
 from .world import get_mesh
@@ -125,22 +123,16 @@ def test_hf_hook_without_sp_derives_documents_from_position_ids():
 
 
 def _triton_blocks(rank, world):
-    # The kernels are jitted at first launch, so switching the interpreter on here (CPU ranks) is enough.
-    previous = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        for mode in ("zigzag_ring4", "2d_ring2_ulysses2", "ulysses4"):
-            check_case(MODES[mode], Case(hq=4, hkv=2, length=30, packed=True, dtype=torch.float32, backend="triton"), 1)
-            check_case(MODES[mode], Case(hq=4, hkv=1, length=33, dtype=torch.float32, backend="triton"), 2)
-    finally:
-        if previous is None:
-            os.environ.pop("TRITON_INTERPRET")
-        else:
-            os.environ["TRITON_INTERPRET"] = previous
+    # CPU ranks inherit the session's TRITON_INTERPRET=1 (they are spawned from it), so the kernels are interpreted.
+    for mode in ("zigzag_ring4", "2d_ring2_ulysses2", "ulysses4"):
+        check_case(MODES[mode], Case(hq=4, hkv=2, length=30, packed=True, dtype=torch.float32, backend="triton"), 1)
+        check_case(MODES[mode], Case(hq=4, hkv=1, length=33, dtype=torch.float32, backend="triton"), 2)
     return True
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+@pytest.mark.triton
+@pytest.mark.skipif(not interpreting(), reason="the gloo ranks run on CPU tensors, so the Triton kernels need the "
+                    "interpreter session (TRITON_INTERPRET=1 pytest -m triton)")
 def test_sp_attention_with_triton_blocks(world4):
     """The Triton blocks plugged into ring / 2D / Ulysses, the ring steps merged by the Triton LSE kernel (about 25 s
     in the interpreter)."""

@@ -85,23 +85,19 @@ def _kernels_present() -> bool:
     return importlib.util.find_spec("longvila.kernels.flash_attention") is not None
 
 
-def _triton_or_skip(monkeypatch):
-    """The Triton backend on CUDA, else in the CPU interpreter (the kernels are jitted at first launch, so setting
-    the variable here is early enough)."""
+def _triton_or_skip():
+    """The Triton backend and its device: CUDA when present, else CPU (`triton` tests, so the interpreter session)."""
     if not _kernels_present():
         pytest.skip("longvila.kernels.flash_attention is not available")
-    if not torch.cuda.is_available():
-        pytest.importorskip("triton")
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
     return get_block_backend("triton"), ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-@pytest.mark.parametrize("backend", ["math", "torch", "triton"])
-def test_blockwise_forward_and_backward_against_global_lse(backend, monkeypatch):
+@pytest.mark.parametrize("backend", ["math", "torch", pytest.param("triton", marks=pytest.mark.triton)])
+def test_blockwise_forward_and_backward_against_global_lse(backend):
     """What ring attention relies on: merge key blocks forward; backward each block with the merged out/LSE."""
     dtype, device, tol = torch.float64, "cpu", 1e-11
     if backend == "triton":
-        be, device = _triton_or_skip(monkeypatch)
+        be, device = _triton_or_skip()
         dtype, tol = torch.float32, 2e-3
     else:
         be = get_block_backend(backend)
@@ -279,15 +275,18 @@ def test_registry():
     assert get_block_backend("custom-math") is custom and get_block_backend(custom) is custom
 
 
-def test_optional_backends_fail_clearly_or_conform(monkeypatch):
+def test_optional_backends_fail_clearly():
     if importlib.util.find_spec("flash_attn") is None:
         with pytest.raises(RuntimeError, match="flash-attn"):
             get_block_backend("flash_attn")
     if not _kernels_present():
         with pytest.raises(RuntimeError, match="longvila.kernels.flash_attention"):
             get_block_backend("triton")
-        return
-    tri, device = _triton_or_skip(monkeypatch)
+
+
+@pytest.mark.triton
+def test_triton_backend_conforms():
+    tri, device = _triton_or_skip()
     ref = MathBackend()
     q, k, v, seg = (t.to(device) for t in _inputs(hkv=2, s=20, dtype=torch.float32))
     for causal, s in ((True, None), (False, seg), (True, seg)):

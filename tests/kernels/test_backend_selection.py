@@ -1,4 +1,4 @@
-"""longvila.kernels package API: import safety, triton_available, resolve_attn_backend; interpreter check."""
+"""longvila.kernels package API: import safety, triton_available, resolve_attn_backend; the interpreter mode."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ import pytest
 import torch
 
 import longvila.kernels as kernels
+from longvila.kernels._triton import interpreting
 
 
+@pytest.mark.triton
 def test_interpreter_is_active_on_cpu():
-    """Without CUDA the suite must really run the Triton kernels on CPU tensors through the interpreter."""
+    """Without CUDA the `triton` session must really run the Triton kernels on CPU tensors through the interpreter."""
     if torch.cuda.is_available():
         pytest.skip("CUDA present: kernels run compiled")
-    assert os.environ.get("TRITON_INTERPRET") == "1"
+    assert os.environ.get("TRITON_INTERPRET") == "1" and interpreting()
     from longvila.kernels.lse_merge import _merge_launch
 
     o = torch.randn(3, 4)
@@ -24,6 +26,7 @@ def test_interpreter_is_active_on_cpu():
     torch.testing.assert_close(out, o)
     torch.testing.assert_close(lse, torch.full((3,), float(torch.log(torch.tensor(2.0)))))
     assert kernels.triton_available() and kernels.triton_available("cpu")
+    assert kernels.resolve_attn_backend("triton", "cpu") == "triton"
 
 
 def test_everything_imports_on_cpu_without_the_interpreter():
@@ -51,16 +54,15 @@ def test_everything_imports_on_cpu_without_the_interpreter():
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-def test_interpreter_works_when_triton_was_imported_first():
-    """In a full ``pytest tests`` run transformers imports triton long before this directory's fixtures set
-    TRITON_INTERPRET; every kernel must still run in the interpreter (they avoid triton's import-time-jitted
-    library functions, and wrap their own kernels lazily)."""
-    if torch.cuda.is_available():
-        pytest.skip("CUDA present: kernels run compiled")
+def test_interpreter_from_the_process_environment_runs_every_kernel():
+    """``TRITON_INTERPRET=1`` in the environment a process starts with is all a CPU needs: every kernel runs in the
+    interpreter, also when transformers imported triton (and jitted triton's own ``tl.max``/``tl.sum``) first."""
+    pytest.importorskip("triton")
     code = (
-        "import os, sys, torch, transformers.models.qwen2.modeling_qwen2\n"
+        "import sys, torch, transformers.models.qwen2.modeling_qwen2\n"
         "assert 'triton' in sys.modules\n"
-        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "from longvila.kernels._triton import interpreting\n"
+        "assert interpreting()\n"
         "from longvila.kernels import flash_attention as fa, fused_linear_ce as ce, lse_merge as lm\n"
         "from longvila.kernels import rmsnorm as rn, rope as rp\n"
         "q = torch.randn(1, 2, 19, 16)\n"
@@ -80,9 +82,61 @@ def test_interpreter_works_when_triton_was_imported_first():
         "got = ce.fused_linear_cross_entropy(h, W, y, use_triton=True)[0]\n"
         "torch.testing.assert_close(got, ce.linear_cross_entropy_reference(h, W, y)[0])\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_interpreter_switched_on_after_import_is_refused_clearly():
+    """The mode is fixed when longvila.kernels is imported: setting TRITON_INTERPRET later changes nothing, and a
+    launch on CPU tensors says that the variable belongs in the process environment."""
+    pytest.importorskip("triton")
+    code = (
+        "import os, torch\n"
+        "import longvila.kernels as k\n"
+        "from longvila.kernels import lse_merge as lm\n"
+        "from longvila.kernels._triton import interpreting\n"
+        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "assert not interpreting() and k.triton_available('cpu') is False\n"
+        "o = torch.randn(3, 4)\n"
+        "try:\n"
+        "    lm.lse_merge(o, torch.zeros(3), o, torch.zeros(3))\n"
+        "except RuntimeError as e:\n"
+        "    assert 'set after' in str(e) and 'environment' in str(e), str(e)\n"
+        "else:\n"
+        "    raise AssertionError('a launch on CPU after switching the interpreter on late should fail clearly')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_everything_imports_without_triton():
+    """Where triton is absent (macOS): the kernel modules import, torch paths work, a launch raises clearly."""
+    code = (
+        "import sys\n"
+        "sys.modules['triton'] = None\n"  # makes `import triton` raise ImportError
+        "import torch, longvila.kernels as k\n"
+        "from longvila.kernels import flash_attention as fa, fused_linear_ce as ce, lse_merge, rmsnorm, rope\n"
+        "assert k.triton_available() is False and k.resolve_attn_backend('auto', 'cpu') == 'torch'\n"
+        "loss, n = ce.cross_entropy_sum(torch.randn(3, 8), torch.randn(5, 8), torch.tensor([1, 2, 3]))\n"
+        "assert int(n) == 3\n"
+        "assert rmsnorm.FusedRMSNorm(8)(torch.randn(2, 8)).shape == (2, 8)\n"
+        "q = torch.randn(1, 1, 4, 16)\n"
+        "for launch in (lambda: fa.flash_attn_forward(q, q, q, causal=True, scale=1.0),\n"
+        "               lambda: fa._attn_fwd_kernel[(1,)](q)):\n"
+        "    try:\n"
+        "        launch()\n"
+        "    except RuntimeError as e:\n"
+        "        assert 'triton is not installed' in str(e), str(e)\n"
+        "    else:\n"
+        "        raise AssertionError('a launch without triton should fail clearly')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_resolve_attn_backend():
@@ -97,10 +151,9 @@ def test_resolve_attn_backend():
             kernels.resolve_attn_backend("flash_attn", "cpu")
 
 
-def test_triton_backend_on_cpu_needs_the_interpreter(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert kernels.resolve_attn_backend("triton", "cpu") == "triton"
-    monkeypatch.delenv("TRITON_INTERPRET")
+@pytest.mark.skipif(interpreting(), reason="this session runs the CPU interpreter; test_interpreter_is_active_on_cpu "
+                    "checks the triton backend on CPU there")
+def test_triton_backend_on_cpu_needs_the_interpreter():
     with pytest.raises(ValueError, match="TRITON_INTERPRET"):
         kernels.resolve_attn_backend("triton", "cpu")
     assert kernels.triton_available("cpu") is False

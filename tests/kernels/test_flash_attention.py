@@ -1,7 +1,9 @@
 """Flash attention (Triton) against a float64 torch reference: forward, LSE and gradients.
 
-Runs in the Triton CPU interpreter without CUDA (tiny odd shapes) and compiled on a GPU; `gpu` tests add bf16,
-large shapes and bit-exact repeat-run determinism.
+The `triton` tests launch the kernels: compiled on a GPU, and without CUDA in the Triton CPU interpreter session
+(``TRITON_INTERPRET=1 pytest -m triton``, tiny odd shapes); `gpu` tests add bf16, large shapes and bit-exact
+repeat-run determinism. Input validation and compiling every kernel for an H100 (no GPU needed) run in the ordinary
+session.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ CASES = [
 ]
 
 
+@pytest.mark.triton
 @pytest.mark.parametrize("b,hq,hkv,sq,sk,d,causal,n_docs,dtype", CASES)
 def test_matches_float64_reference(make, b, hq, hkv, sq, sk, d, causal, n_docs, dtype):
     q, k, v = make(b, hq, sq, d, dtype=dtype), make(b, hkv, sk, d, dtype=dtype), make(b, hkv, sk, d, dtype=dtype)
@@ -88,6 +91,7 @@ def test_matches_float64_reference(make, b, hq, hkv, sq, sk, d, causal, n_docs, 
         _assert_close(name, got, want, tol * 4, make)
 
 
+@pytest.mark.triton
 @pytest.mark.parametrize("block_m,block_n", [(32, 16), (16, 32)])
 @pytest.mark.parametrize("n_docs", [0, 4])
 def test_unequal_block_shapes(make, block_m, block_n, n_docs):
@@ -105,6 +109,7 @@ def test_unequal_block_shapes(make, block_m, block_n, n_docs):
         _assert_close(name, got, want, 1e-3, make)
 
 
+@pytest.mark.triton
 def test_unsorted_segment_ids(make):
     """Arbitrary (non-monotonic) ids stay correct: the kernels then just cannot narrow their loops."""
     b, h, s, d = 1, 2, 37, 16
@@ -119,6 +124,7 @@ def test_unsorted_segment_ids(make):
         _assert_close(name, got, want, 1e-3, make)
 
 
+@pytest.mark.triton
 def test_rows_without_keys_are_zero_with_neg_inf_lse(make):
     b, h, s, d = 1, 2, 24, 16
     q, k, v, dout = make(b, h, s, d), make(b, h, s, d), make(b, h, s, d), make(b, h, s, d)
@@ -139,6 +145,7 @@ def test_rows_without_keys_are_zero_with_neg_inf_lse(make):
         _assert_close(name, got, want, 1e-3, make)
 
 
+@pytest.mark.triton
 def test_backward_with_global_out_and_lse_like_ring_attention(make):
     """Two key blocks: partial forwards merged by LSE, then each block's backward against the *global* out/lse."""
     b, hq, hkv, s, d = 1, 4, 2, 29, 32
@@ -166,6 +173,7 @@ def test_backward_with_global_out_and_lse_like_ring_attention(make):
     _assert_close("dv", torch.cat([dv1, dv2], 2), v64.grad, 1e-3, make)
 
 
+@pytest.mark.triton
 def test_autograd_function_with_cu_seqlens_equals_per_document_attention(make):
     h, d = 2, 16
     lens = [5, 1, 19]
@@ -187,6 +195,7 @@ def test_autograd_function_with_cu_seqlens_equals_per_document_attention(make):
             _assert_close(f"d{name}[{lo}:{hi}]", g[:, :, lo:hi], r, 1e-3, make)
 
 
+@pytest.mark.triton
 def test_strided_inputs_from_bshd_layout(make):
     """HF hands (B, S, H, D) storage viewed as (B, H, S, D); the kernels read any strides."""
     b, s, h, d = 2, 23, 2, 16
@@ -233,6 +242,7 @@ import sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from triton.runtime.jit import JITFunction
 import longvila.kernels.flash_attention as fa
 from longvila.kernels import fused_linear_ce, lse_merge, rmsnorm, rope
 
@@ -240,8 +250,8 @@ FLOATS = {"qk_scale", "sm_scale", "eps"}
 
 
 def build(module, name, consts, pointers, warps, stages):
-    kernel, autotuned = module._KERNELS.get(name, interpret=False)
-    fn = kernel.fn if autotuned else kernel
+    fn = getattr(module, name)  # the module-level @triton.jit kernel (its autotuner, if any, wraps this same one)
+    assert isinstance(fn, JITFunction), f"{name} is a {type(fn).__name__}, not a compiled-mode JITFunction"
     signature, attrs = {}, {}
     for i, arg in enumerate(fn.arg_names):
         if arg in consts:
@@ -315,7 +325,8 @@ def _compile_for_h100(variants: str) -> dict:
 def test_all_kernels_compile_for_h100_without_a_gpu():
     """Every kernel builds for sm_90: flash attention with its default GPU configs (bf16 d=128 causal packed, fp16
     d=64 full), plus RMSNorm, RoPE, the CE chunk and the LSE merge. Shared memory fits and the attention kernels use
-    Hopper's wgmma. Runs in a fresh process: the interpreter used by the other tests leaves triton.language patched.
+    Hopper's wgmma. Runs in a fresh process without TRITON_INTERPRET, so the kernels are compiled-mode ones whatever
+    the mode of this session.
     """
     assert len(_compile_for_h100("default")) == 11
 
@@ -331,6 +342,7 @@ def test_attention_compiles_for_h100_in_more_variants():
 # ------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("causal,n_docs,hkv", [(True, 0, 8), (True, 5, 2), (False, 0, 2)])
 @pytest.mark.gpu
+@pytest.mark.triton
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_bf16_large_matches_fp32_reference(make, causal, n_docs, hkv):
     b, hq, s, d = 2, 8, 1031, 128
@@ -353,6 +365,7 @@ def test_bf16_large_matches_fp32_reference(make, causal, n_docs, hkv):
 
 
 @pytest.mark.gpu
+@pytest.mark.triton
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_backward_is_bit_reproducible_on_gpu(make):
     b, hq, hkv, s, d = 1, 16, 4, 4096, 128

@@ -20,7 +20,7 @@ def _labels(make, shape, vocab, ignore_frac=0.3):
 
 
 @pytest.mark.parametrize("shape,hidden,vocab,chunk", [((2, 19), 24, 101, 8), ((37,), 16, 67, None), ((1, 1), 16, 5, 1)])
-@pytest.mark.parametrize("use_triton", [True, False])
+@pytest.mark.parametrize("use_triton", [pytest.param(True, marks=pytest.mark.triton), False])
 def test_loss_count_and_grads_match_float64(make, shape, hidden, vocab, chunk, use_triton):
     h = make(*shape, hidden).requires_grad_()
     w = make(vocab, hidden, scale=0.5).requires_grad_()
@@ -37,6 +37,7 @@ def test_loss_count_and_grads_match_float64(make, shape, hidden, vocab, chunk, u
     torch.testing.assert_close(w.grad.double(), w64.grad, rtol=1e-5, atol=1e-5, msg=lambda m: f"{m} ({make})")
 
 
+@pytest.mark.triton
 def test_fp16_inputs(make):
     h = make(3, 11, 32, dtype=torch.float16).requires_grad_()
     w = make(50, 32, dtype=torch.float16, scale=0.3).requires_grad_()
@@ -62,6 +63,7 @@ def test_all_ignored_gives_zero_not_nan(make):
     assert torch.count_nonzero(h.grad) == 0 and torch.count_nonzero(w.grad) == 0
 
 
+@pytest.mark.triton
 def test_frozen_weight_and_no_grad(make):
     h = make(9, 16).requires_grad_()
     w = make(21, 16)  # frozen lm_head (e.g. projector-only alignment stage)
@@ -76,6 +78,7 @@ def test_frozen_weight_and_no_grad(make):
     assert int(count) == int(ref_count)
 
 
+@pytest.mark.triton
 def test_only_supervised_rows_are_computed(make, monkeypatch):
     """Rows labelled -100 (prompt, media tokens) never reach a GEMM: the chunk count follows the valid rows."""
     import longvila.kernels.fused_linear_ce as ce

@@ -20,6 +20,7 @@ def _partials(make, shape=(2, 3, 13), d=20, dtype=torch.float32):
     return o1, l1, o2, l2
 
 
+@pytest.mark.triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_matches_reference_and_is_neg_inf_safe(make, dtype):
     o1, l1, o2, l2 = _partials(make, dtype=dtype)
@@ -36,6 +37,7 @@ def test_matches_reference_and_is_neg_inf_safe(make, dtype):
     torch.testing.assert_close(lse.double()[finite], r_lse[finite], rtol=1e-5, atol=1e-5, msg=lambda m: f"{m} ({make})")
 
 
+@pytest.mark.triton
 def test_merge_equals_attention_over_the_union(make):
     """Merging attention over two key halves gives attention over all keys (what ring attention relies on)."""
     q, k, v = make(1, 2, 9, 16), make(1, 2, 14, 16), make(1, 2, 14, 16)
@@ -52,6 +54,7 @@ def test_merge_equals_attention_over_the_union(make):
     torch.testing.assert_close(lse, full_l, rtol=1e-5, atol=1e-5, msg=lambda m: f"{m} ({make})")
 
 
+@pytest.mark.triton
 def test_in_place_accumulation(make):
     o1, l1, o2, l2 = _partials(make)
     expect = lse_merge_reference(o1, l1, o2, l2)

@@ -8,6 +8,7 @@ import torch
 from longvila.kernels.rmsnorm import FusedRMSNorm, fuse_rms_norms, rms_norm, rms_norm_reference
 
 
+@pytest.mark.triton
 @pytest.mark.parametrize("shape", [(1, 1, 16), (3, 7, 48), (2, 5, 80), (37, 33)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_forward_and_grads_match_float64(make, shape, dtype):
@@ -28,6 +29,7 @@ def test_forward_and_grads_match_float64(make, shape, dtype):
     torch.testing.assert_close(w.grad.double(), w64.grad, rtol=tol, atol=wtol, msg=lambda m: f"{m} ({make})")
 
 
+@pytest.mark.triton
 def test_same_rounding_as_hf_in_half_precision(make):
     """HF rounds the normalised value to the input dtype before the weight multiply; so does the kernel.
 
@@ -42,6 +44,7 @@ def test_same_rounding_as_hf_in_half_precision(make):
     torch.testing.assert_close(mixed, rms_norm_reference(x, w.float(), 1e-6), rtol=1e-3, atol=1e-3)  # 1 fp16 ulp
 
 
+@pytest.mark.triton
 def test_module_wraps_hf_norm_and_shares_its_weight(make):
     transformers = pytest.importorskip("transformers")
     from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
@@ -59,6 +62,7 @@ def test_module_wraps_hf_norm_and_shares_its_weight(make):
     del transformers
 
 
+@pytest.mark.triton
 def test_fuse_rms_norms_swaps_every_norm_of_a_qwen2_model(make):
     pytest.importorskip("transformers")
     from transformers import Qwen2Config, Qwen2ForCausalLM

@@ -26,6 +26,7 @@ def _packed_positions(b, s, make):
     return pos.to(make.device)
 
 
+@pytest.mark.triton
 @pytest.mark.parametrize("b,hq,hk,s,d", [(1, 1, 1, 1, 16), (2, 4, 2, 9, 16), (1, 3, 1, 17, 80), (2, 2, 2, 5, 64)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_forward_and_grads_match_hf_in_float64(make, b, hq, hk, s, d, dtype):
@@ -58,6 +59,7 @@ def test_cos_sin_follow_hf_inv_freq_schedule(device):
     assert torch.equal(cos[0, 0], cos[0, 3])  # packed documents restart their positions
 
 
+@pytest.mark.triton
 def test_matches_transformers_qwen2_rotary(make):
     transformers = pytest.importorskip("transformers")
     from transformers.models.qwen2.configuration_qwen2 import Qwen2Config
@@ -80,6 +82,7 @@ def test_matches_transformers_qwen2_rotary(make):
     del transformers
 
 
+@pytest.mark.triton
 def test_only_one_output_used_still_backpropagates(make):
     q, k = make(1, 2, 6, 16).requires_grad_(), make(1, 1, 6, 16).requires_grad_()
     cos, sin = rope_cos_sin(torch.arange(6, device=make.device)[None], 16, 10000.0)

@@ -139,10 +139,10 @@ def test_all_bad_dataset_stops_with_one_clear_error(stage_data, stage_flags, sub
     assert len(error_lines) == 1 and "failed to load" in error_lines[0], result.stderr[-2000:]
 
 
-def test_fused_kernels_train_with_the_same_loss_curve(stage_flags, monkeypatch, tmp_path):
-    """Stage 4 with --fused_kernels (Triton RMSNorm/RoPE/CE in the CPU interpreter) follows the stock run's
-    losses to 1e-4 relative over 3 optimizer steps (fp32; the kernels accumulate in a different order)."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+@pytest.mark.triton
+def test_fused_kernels_train_with_the_same_loss_curve(stage_flags, tmp_path):
+    """Stage 4 with --fused_kernels (Triton RMSNorm/RoPE/CE; on CPU in the interpreter session) follows the stock
+    run's losses to 1e-4 relative over 3 optimizer steps (fp32; the kernels accumulate in a different order)."""
     spec = stage_spec("s4_context_ext")
     runs = [run_stage(spec, stage_flags("s4_context_ext", tmp_path / name, "--max_steps", "3", "--model_max_length",
                                         "64", "--learning_rate", "1e-3", *extra))
