@@ -115,7 +115,7 @@ def _addmm_fp32_(acc, a, b):
     return acc.add_((a @ b).float())
 
 
-def _default_chunk(rows: int, vocab: int, hidden: int) -> int:
+def default_chunk_size(rows: int, vocab: int, hidden: int) -> int:
     """Liger's rule (a logits chunk about as large as the hidden states), as a power of two in [256, 4096]."""
     ratio = max(1, -(-vocab // hidden))
     return max(1, min(rows, max(256, min(4096, next_power_of_2(-(-rows // ratio))))))
@@ -149,7 +149,7 @@ def _fused_forward(hidden, weight, labels, ignore_index, chunk_size, use_triton,
         use_triton = triton_usable(h, weight)
     if use_triton:
         check_launchable(h, weight)
-    chunk = chunk_size or _default_chunk(rows, vocab, h.shape[1])
+    chunk = chunk_size or default_chunk_size(rows, vocab, h.shape[1])
     need_grad = need_dh or need_dw
     for start in range(0, rows, chunk):
         sel = idx[start:start + chunk]

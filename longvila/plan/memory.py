@@ -96,9 +96,9 @@ class MemoryBreakdown:
 
 
 def _chunk_rows(rows: int, vocab: int, hidden: int) -> int:
-    from longvila.kernels.fused_linear_ce import _default_chunk
+    from longvila.kernels.fused_linear_ce import default_chunk_size
 
-    return _default_chunk(rows, vocab, hidden)
+    return default_chunk_size(rows, vocab, hidden)
 
 
 def predict_memory(shape: ModelShape, layout: Layout, workload: Workload, choices: TrainingChoices,
