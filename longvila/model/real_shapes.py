@@ -14,6 +14,9 @@ from pathlib import Path
 import torch
 
 LLM_SHAPES = {
+    "qwen2-0.5b": dict(arch="qwen2", hidden_size=896, intermediate_size=4864, num_attention_heads=14,
+                       num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, rope_theta=1e6,
+                       max_position_embeddings=32768),
     "qwen2-1.5b": dict(arch="qwen2", hidden_size=1536, intermediate_size=8960, num_attention_heads=12,
                        num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, rope_theta=1e6,
                        max_position_embeddings=32768),
@@ -29,7 +32,7 @@ LLM_SHAPES = {
 }
 """Layer shapes of released LLMs (their HF config.json values); ``num_hidden_layers`` is chosen per use."""
 
-RELEASED_LAYERS = {"qwen2-1.5b": 28, "qwen2-7b": 28, "llama3-8b": 32, "llama2-7b": 32, "siglip-so400m": 27}
+RELEASED_LAYERS = {"qwen2-0.5b": 24, "qwen2-1.5b": 28, "qwen2-7b": 28, "llama3-8b": 32, "llama2-7b": 32, "siglip-so400m": 27}
 """Layer counts of the released models, for planning at full depth (``longvila.plan``)."""
 
 VISION_SHAPES = {

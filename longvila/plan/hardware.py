@@ -15,8 +15,9 @@ command line. Sources:
 - ``reserve_gib``: memory the allocator's peak does not show, kept free: the CUDA context and cuBLAS/NCCL
   workspaces (about 1.5 GiB) and allocator fragmentation (about 1.5 GiB at these tensor sizes).
 - On CPU (``--device cpu``: fp32, the host's memory is the budget) the budget is compared with the resident-set
-  peak that ``metrics.jsonl`` reports, which includes the interpreter and libraries: ``runtime_gib`` (1.3 GiB, fitted
-  to the long-context memory benchmark's rows; see ``longvila.plan.memory``).
+  peak that ``metrics.jsonl`` reports, which includes the interpreter and libraries: ``runtime_gib`` 0.6 GiB (importing
+  torch, transformers, deepspeed and the trainer measures 0.47 GiB resident; the process group, tokenizer and data
+  add the rest; fitted together with ``memory.OPTIMIZER_STEP_BYTES``).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def cpu_device(memory_gib: float | None = None) -> Device:
     """
     return Device("cpu", memory_gib if memory_gib is not None else host_memory_gib(), 0.1, 5.0, 5.0,
                   dense_efficiency=1.0, attention_efficiency=0.5, link_efficiency=1.0, reserve_gib=0.0,
-                  runtime_gib=1.3, is_cuda=False)
+                  runtime_gib=0.6, is_cuda=False)
 
 
 def resolve_device(device: str, gpu_memory_gb: float | None = None) -> Device:

@@ -5,8 +5,8 @@ The peak is the larger of two phases of a step; it is never the sum of everythin
 - **backward**: what persists (weights, optimizer state, DeepSpeed's gradient bucket, the runtime) plus the larger
   of the checkpointed activations and the gradients (the backward frees one layer's checkpoint as it produces that
   layer's gradients, so the two trade places; the trainable embedding's gradient arrives last, after every layer's
-  transient is gone) plus the larger of the loss's buffers and one layer's recompute-and-backward transient with
-  its communication buffers (the loss runs before any layer's backward), plus the vision tower's activations.
+  transient is gone) plus the larger of the loss's buffers and, after the loss, the LM head's gradient with one
+  layer's recompute-and-backward transient and its communication buffers, plus the vision tower's activations.
 - **optimizer step**: what persists plus the fp32 gradient partition the step reads and Adam's temporaries.
 
 Offload (``zero2_offload`` / ``zero3_offload``, ``--gradient_checkpointing offload``) moves terms to host memory:
@@ -37,15 +37,20 @@ from longvila.plan.workload import TrainingChoices, Workload
 GiB = 2**30
 REDUCE_BUCKET_ELEMENTS = 200_000_000
 """``reduce_bucket_size`` (and ``allgather_bucket_size``) of the packaged DeepSpeed configs."""
+OPTIMIZER_STEP_BYTES = 9.5
+"""Bytes per trainable parameter (over the ZeRO ranks) alive only during the optimizer step: the fp32 gradient
+partition it reads (4) and the temporaries of torch's multi-tensor AdamW and gradient clipping. Fitted, with
+``hardware.cpu_device``'s runtime, to the step peaks of two probes (Qwen2-7B shapes with LoRA, Qwen2-0.5B shapes
+fully trained); every other measured point is a check of it."""
 CHECKPOINTED_WIDTHS = 3
 """Hidden-sized tensors per token kept beside the per-layer checkpoints: the last layer's output, the final norm's
 output and the gradient of the hidden states that the chunked loss forms in its forward."""
 LAYER_TRANSIENT = {"hidden": 4, "q": 3, "kv": 4, "mlp": 4}
 """Tensors of each width alive during one decoder layer's recompute and backward (inputs to the matmuls, their
 outputs and gradients)."""
-NAIVE_LOSS_FP32_COPIES = 2.25
-"""fp32 copies of the full logits the naive loss holds at its peak (measured: 1.59 MB per token at a 151,936-token
-vocabulary, ``benchmarks/RESULTS.md``); a bf16 run adds the bf16 logits themselves."""
+NAIVE_LOSS_FP32_COPIES = 2.5
+"""fp32 copies of the full logits the naive loss holds at its peak (measured: 9.4 to 10.6 bytes per logit over the
+three naive rows of the long-context memory benchmark); a bf16 run adds the bf16 logits themselves."""
 VISION_TRANSIENT = {"hidden": 6, "mlp": 3}
 """SigLIP layer tensors alive during one layer's recompute and backward (per patch)."""
 
@@ -67,6 +72,9 @@ class MemoryBreakdown:
     host_offload_gib: float
     gradient_bucket_gib: float
     layer_gradients_gib: float
+    head_gradient_gib: float
+    """A training LM head's weight gradient: formed by the loss (inside its buffers while it runs), it stays through
+    every layer's backward."""
     """Gradients reduced by the time the first decoder layer's backward ends (all but a trainable embedding's)."""
 
     @property
@@ -76,7 +84,8 @@ class MemoryBreakdown:
     @property
     def backward_gib(self) -> float:
         return (self.persistent_gib + max(self.checkpointed_activations_gib, self.layer_gradients_gib)
-                + max(self.loss_gib, self.layer_transient_gib + self.communication_gib) + self.vision_tower_gib)
+                + max(self.loss_gib, self.head_gradient_gib + self.layer_transient_gib + self.communication_gib)
+                + self.vision_tower_gib)
 
     @property
     def step_gib(self) -> float:
@@ -118,14 +127,16 @@ def predict_memory(shape: ModelShape, layout: Layout, workload: Workload, choice
         weights = (gathered + (0 if choices.offloads_params else shape.total_params / ranks)) * act
     else:
         weights = shape.total_params * act
-    bucket = max(REDUCE_BUCKET_ELEMENTS, shape.largest_trainable) * act if trainable else 0
+    # A CPU process's resident memory counts only the pages written: the bucket's unused tail does not show there.
+    bucket_elements = REDUCE_BUCKET_ELEMENTS if device.is_cuda else min(REDUCE_BUCKET_ELEMENTS, trainable)
+    bucket = max(bucket_elements, shape.largest_trainable) * act if trainable else 0
     embedding = shape.vocab_size * shape.hidden_size if shape.embedding_trainable else 0
     if choices.offloads_optimizer:  # fp32 gradients, master weights, Adam state and the step live in host memory
         optimizer_state = optimizer_step = layer_gradients = 0.0
         host = 20 * trainable / ranks
     else:
         optimizer_state = 12 * trainable / ranks
-        optimizer_step = 8 * trainable / ranks  # the fp32 gradient partition and Adam's temporaries
+        optimizer_step = OPTIMIZER_STEP_BYTES * trainable / ranks
         layer_gradients = (trainable - embedding) / ranks * act
         host = 0.0
     if choices.offloads_params:
@@ -149,6 +160,7 @@ def predict_memory(shape: ModelShape, layout: Layout, workload: Workload, choice
         layer_transient_gib=transient / GiB, loss_gib=loss / GiB, communication_gib=communication / GiB,
         vision_tower_gib=vision / GiB, runtime_gib=device.runtime_gib, host_offload_gib=host / GiB,
         gradient_bucket_gib=bucket / GiB, layer_gradients_gib=layer_gradients / GiB,
+        head_gradient_gib=(shape.vocab_size * shape.hidden_size * act if shape.head_trainable else 0) / GiB,
     )
 
 
@@ -172,8 +184,8 @@ def _communication_buffers(layout: Layout, local: int, q_width: int, kv_width: i
 
 
 def _loss(shape: ModelShape, local: int, choices: TrainingChoices, act: int) -> float:
-    """The naive loss's full logits; or the chunked loss's fp32 LM-head gradient (formed in its forward when the
-    head trains), the gradient of the hidden states and two chunks of fp32 logits."""
+    """The naive loss's full logits; or the chunked loss's fp32 LM-head gradient accumulator (when the head trains),
+    the gradient of the hidden states and two chunks of fp32 logits."""
     vocab, hidden = shape.vocab_size, shape.hidden_size
     if choices.loss_impl == "naive":
         return local * vocab * (NAIVE_LOSS_FP32_COPIES * 4 + (act if act == 2 else 0))

@@ -8,6 +8,7 @@ MEMORY_ROWS = (
     ("weights", "weights_gib"),
     ("optimizer state (fp32 master + Adam)", "optimizer_state_gib"),
     ("gradient bucket", "gradient_bucket_gib"),
+    ("LM-head gradient", "head_gradient_gib"),
     ("layer gradients (end of backward)", "layer_gradients_gib"),
     ("checkpointed activations", "checkpointed_activations_gib"),
     ("one layer's recompute + backward", "layer_transient_gib"),

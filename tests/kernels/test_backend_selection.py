@@ -29,6 +29,17 @@ def test_interpreter_is_active_on_cpu():
     assert kernels.resolve_attn_backend("triton", "cpu") == "triton"
 
 
+
+def _run_python(code: str, interpret: bool) -> None:
+    """Run ``code`` in a fresh CPU-only interpreter whose environment has ``TRITON_INTERPRET=1`` or lacks it (the
+    mode is fixed at import, so only a new process can show either)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
 def test_everything_imports_on_cpu_without_the_interpreter():
     code = (
         "import torch, longvila.kernels as k\n"
@@ -48,10 +59,7 @@ def test_everything_imports_on_cpu_without_the_interpreter():
         "else:\n"
         "    raise AssertionError('launch on CPU without the interpreter should fail clearly')\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["CUDA_VISIBLE_DEVICES"] = ""
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    _run_python(code, interpret=False)
 
 
 def test_interpreter_from_the_process_environment_runs_every_kernel():
@@ -82,9 +90,7 @@ def test_interpreter_from_the_process_environment_runs_every_kernel():
         "got = ce.fused_linear_cross_entropy(h, W, y, use_triton=True)[0]\n"
         "torch.testing.assert_close(got, ce.linear_cross_entropy_reference(h, W, y)[0])\n"
     )
-    env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _run_python(code, interpret=True)
 
 
 def test_interpreter_switched_on_after_import_is_refused_clearly():
@@ -106,10 +112,7 @@ def test_interpreter_switched_on_after_import_is_refused_clearly():
         "else:\n"
         "    raise AssertionError('a launch on CPU after switching the interpreter on late should fail clearly')\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["CUDA_VISIBLE_DEVICES"] = ""
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    _run_python(code, interpret=False)
 
 
 def test_everything_imports_without_triton():
@@ -133,10 +136,7 @@ def test_everything_imports_without_triton():
         "    else:\n"
         "        raise AssertionError('a launch without triton should fail clearly')\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["CUDA_VISIBLE_DEVICES"] = ""
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    _run_python(code, interpret=False)
 
 
 def test_resolve_attn_backend():

@@ -13,8 +13,8 @@ def test_named_shape_counts_equal_a_materialised_model():
 
     from longvila.model.real_shapes import llm_config
 
-    shape = resolve_model_shape("qwen2-1.5b", num_layers=1, vision_layers=1)
-    real = AutoModelForCausalLM.from_config(llm_config("qwen2-1.5b", 1), dtype=torch.bfloat16)
+    shape = resolve_model_shape("qwen2-0.5b", num_layers=1, vision_layers=1)
+    real = AutoModelForCausalLM.from_config(llm_config("qwen2-0.5b", 1), dtype=torch.bfloat16)
     assert shape.llm_params == sum(p.numel() for p in real.parameters())
     assert shape.tied_embeddings and shape.vocab_size == 151936
     assert shape.tokens_per_frame == 196  # SigLIP-384: 27x27 patches, 2x2 merge
@@ -37,12 +37,9 @@ def test_stage_trainability_and_lora():
     assert everything.trainable_params == everything.total_params
 
 
-def test_vila_folder_reads_like_the_named_shape(tmp_path):
-    from longvila.model.real_shapes import build_real_shape_checkpoint
-
-    folder = build_real_shape_checkpoint(tmp_path / "probe", llm="qwen2-1.5b", llm_layers=1, vision_layers=1)
-    from_folder = resolve_model_shape(str(folder))
-    named = resolve_model_shape("qwen2-1.5b", num_layers=1, vision_layers=1)
+def test_vila_folder_reads_like_the_named_shape(probe_checkpoint):
+    from_folder = resolve_model_shape(str(probe_checkpoint))
+    named = resolve_model_shape("qwen2-0.5b", num_layers=1, vision_layers=1)
     assert from_folder.total_params == named.total_params
     assert from_folder.trainable_params == named.trainable_params
     assert "VILA folder" in from_folder.source
