@@ -5,9 +5,9 @@
 
 Part 1 predicts every row of ours in the long-context memory benchmark's result files
 (``benchmarks/results/cpu-*-long-context-memory*.json``: fp32 CPU stage-4 steps at real layer shapes) and prints
-predicted vs measured with the relative error. ``--live`` adds a fresh measurement: a Qwen2-1.5B-shape, one-layer
-VILA checkpoint trained for two steps at 2,048 tokens in one process (the same run ``tests/plan/test_accuracy.py``
-makes). Part 2 runs the planner on the published runs of ``longvila.plan.published`` and prints its verdict, the
+predicted vs measured with the relative error. ``--live`` adds a fresh measurement: a Qwen2-0.5B-shape, one-layer
+VILA checkpoint trained for two steps at 1,024 tokens in one process (``longvila.plan.measured.live_comparison``,
+the same run ``tests/plan/test_accuracy.py`` makes). Part 2 runs the planner on the published runs of ``longvila.plan.published`` and prints its verdict, the
 layout it picks and the longest sample that fits. Writes ``plan_accuracy.json`` and ``plan_accuracy.png``
 (predicted against measured, with the 10% band) into ``--output_dir``; the tables go to stdout as Markdown.
 """
@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-LIVE_TOKENS = 2048
 
 
 def measured_comparisons() -> list:
@@ -32,26 +29,6 @@ def measured_comparisons() -> list:
     for path in sorted(RESULTS.glob("cpu-*-long-context-memory*.json")):
         out += [(path.name, c) for c in compare_benchmark_rows(json.loads(path.read_text()))]
     return out
-
-
-def live_comparison(workdir: Path):
-    """Build the one-layer probe, train two fp32 steps on one process, predict it from the folder."""
-    from longvila.model.real_shapes import build_real_shape_checkpoint
-    from longvila.plan.measured import Comparison, predict_cpu_run
-    from longvila.plan.model_shape import resolve_model_shape
-
-    checkpoint = workdir / "qwen2-1.5b-1L"
-    if not (checkpoint / "config.json").is_file():
-        build_real_shape_checkpoint(checkpoint, llm="qwen2-1.5b", llm_layers=1, vision_layers=1)
-    out = workdir / "run"
-    subprocess.run([sys.executable, "-m", "longvila.stages.s4_context_ext", "--init_from", str(checkpoint),
-                    "--output_dir", str(out), "--data_dir", str(workdir / "data"), "--max_steps", "2",
-                    "--model_max_length", str(LIVE_TOKENS), "--gradient_checkpointing", "true", "--bf16", "false",
-                    "--disable_tqdm", "true"], check=True, capture_output=True)
-    second = json.loads((out / "metrics.jsonl").read_text().splitlines()[1])
-    predicted = predict_cpu_run(resolve_model_shape(str(checkpoint)), LIVE_TOKENS)
-    return Comparison("qwen2-1.5b 1L (VILA folder), default, live", LIVE_TOKENS, 1,
-                      second["step_peak_memory_gb"], predicted)
 
 
 def accuracy_table(comparisons) -> str:
@@ -127,8 +104,11 @@ def main(argv=None) -> None:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     comparisons = measured_comparisons()
     if args.live:
+        from longvila.plan.measured import build_live_probe, live_comparison
+
         with tempfile.TemporaryDirectory(prefix="plan-live-") as tmp:
-            comparisons.append(("live run", live_comparison(Path(tmp))))
+            probe = build_live_probe(Path(tmp) / "probe")
+            comparisons.append(("live run", live_comparison(probe, Path(tmp))))
     print(accuracy_table(comparisons))
     table, published = published_table()
     print()

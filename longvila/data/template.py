@@ -78,13 +78,6 @@ def normalize_turns(conversations) -> list[tuple[str, str]]:
     return turns
 
 
-def format_conversation(conversations, system: str | None = DEFAULT_SYSTEM) -> str:
-    """The rendered chat text (for inspection and logging; encoding does not go through this string)."""
-    out = f"{IM_START}system\n{system}{IM_END}\n" if system else ""
-    for role, text in normalize_turns(conversations):
-        out += f"{IM_START}{role}\n{text}{IM_END}\n"
-    return out
-
 
 @dataclass(frozen=True)
 class ChatFormat:

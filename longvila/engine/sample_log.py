@@ -34,16 +34,3 @@ class SampleLog:
         if self.enabled:
             with open(self.path, "a") as handle:
                 handle.write(json.dumps({"step": step, "epoch": epoch, "ids": ids, "skipped": skipped}) + "\n")
-
-
-def read_sample_logs(output_dir: Path) -> dict[int, dict[str, list[int]]]:
-    """Step -> {"ids", "skipped"} over every DP rank's file (tests, audits)."""
-    steps: dict[int, dict[str, list[int]]] = {}
-    for path in sorted((Path(output_dir) / SAMPLE_LOG_DIR).glob("dp*.jsonl")):
-        for line in path.read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                entry = steps.setdefault(record["step"], {"ids": [], "skipped": []})
-                entry["ids"] += record["ids"]
-                entry["skipped"] += record["skipped"]
-    return steps

@@ -47,10 +47,6 @@ def require_triton(device: torch.device | str, what: str) -> None:
         )
 
 
-def flash_attn_available() -> bool:
-    """Whether the ``flash_attn`` package (Dao-AILab) is installed and a CUDA device is visible."""
-    return importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
-
 
 def resolve_attn_backend(name: str, device: torch.device | str) -> str:
     """Map ``--attn_backend`` to a concrete backend for ``device``: one of "triton", "flash_attn", "torch".
@@ -76,4 +72,4 @@ def resolve_attn_backend(name: str, device: torch.device | str) -> str:
     return "flash_attn"
 
 
-__all__ = ["ATTN_BACKENDS", "flash_attn_available", "require_triton", "resolve_attn_backend", "triton_available"]
+__all__ = ["ATTN_BACKENDS", "require_triton", "resolve_attn_backend", "triton_available"]

@@ -15,7 +15,6 @@ _EXPORTS = {
     "shift_labels": "loss",
     "MultimodalProjector": "projector",
     "MultimodalProjectorConfig": "projector",
-    "downsample_2x2": "projector",
     "train_tokenizer": "tokenizer",
     "tiny_model_path": "tiny",
     "save_vila": "checkpoint",

@@ -82,9 +82,5 @@ def enable_fused_kernels(model) -> FusedReport:
     return report
 
 
-def fused_kernels_active(model) -> bool:
-    return model.loss_fn is fused_cross_entropy_sum and any(
-        getattr(m, "_longvila_fused_rope", False) for m in model.llm.modules())
 
-
-__all__ = ["FusedReport", "enable_fused_kernels", "fuse_rope", "fused_kernels_active"]
+__all__ = ["FusedReport", "enable_fused_kernels", "fuse_rope"]

@@ -79,10 +79,6 @@ def downsample_grid(x: torch.Tensor, factor: int, token_order: str = "row_major"
     return grid.permute(order).reshape(n, cells * cells, factor * factor * c)
 
 
-def downsample_2x2(x: torch.Tensor) -> torch.Tensor:
-    """``mlp_downsample``'s merge in VILA's current (row-major) order."""
-    return downsample_grid(x, 2)
-
 
 def tokens_per_frame(num_patches: int, projector_type: str) -> int:
     """Number of LLM tokens one frame becomes after the projector (196 for SigLIP-384 with mlp_downsample)."""

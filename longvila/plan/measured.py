@@ -8,7 +8,10 @@ runtime included) and the probes' vision tower depth.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from longvila.plan.hardware import cpu_device
 from longvila.plan.layout import Layout
@@ -24,6 +27,9 @@ BENCHMARK_SYSTEMS = {
 """The benchmark's systems of ours (``--loss_impl`` / ``--tiled_mlp_tokens``); ALST's rows are not our trainer."""
 PROBE_VISION_LAYERS = 2
 """``build_real_shape_checkpoint``'s default tower depth (stage 4 never runs the tower; its weights still count)."""
+LIVE_PROBE = {"llm": "qwen2-0.5b", "llm_layers": 1, "vision_layers": 1}
+"""The live check's probe: Qwen2-0.5B layer shapes with the real 151,936-token vocabulary, one decoder layer."""
+LIVE_TOKENS = 1024
 
 
 @dataclass(frozen=True)
@@ -66,3 +72,28 @@ def compare_benchmark_rows(rows: list[dict]) -> list[Comparison]:
         label = f"{llm} {layers}L{' LoRA' if lora else ''}, {row['system']}"
         out.append(Comparison(label, row["tokens"], sp, row.get("step_peak_gb") or row["peak_gb"], predicted))
     return out
+
+
+def build_live_probe(folder: Path) -> Path:
+    from longvila.model.real_shapes import build_real_shape_checkpoint
+
+    return build_real_shape_checkpoint(folder, **LIVE_PROBE)
+
+
+def live_comparison(checkpoint: Path, workdir: Path, tokens: int = LIVE_TOKENS, env: dict | None = None) -> Comparison:
+    """Train ``checkpoint`` for two fp32 stage-4 steps in a fresh process and compare the second step's own peak
+    with the prediction made from the folder (a fresh process, so nothing else is resident)."""
+    from longvila.engine.metrics import read_metrics
+
+    out = Path(workdir) / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "longvila.stages.s4_context_ext", "--init_from", str(checkpoint), "--output_dir",
+         str(out), "--data_dir", str(Path(workdir) / "data"), "--max_steps", "2", "--model_max_length", str(tokens),
+         "--gradient_checkpointing", "true", "--bf16", "false", "--disable_tqdm", "true"],
+        capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"the live stage-4 run failed: {result.stderr[-2000:]}")
+    measured = read_metrics(out)[1]["step_peak_memory_gb"]
+    predicted = predict_cpu_run(resolve_model_shape(str(checkpoint)), tokens)
+    return Comparison(f"{LIVE_PROBE['llm']} {LIVE_PROBE['llm_layers']}L (VILA folder), default, live", tokens, 1,
+                      measured, predicted)

@@ -45,9 +45,9 @@ fully trained); every other measured point is a check of it."""
 CHECKPOINTED_WIDTHS = 3
 """Hidden-sized tensors per token kept beside the per-layer checkpoints: the last layer's output, the final norm's
 output and the gradient of the hidden states that the chunked loss forms in its forward."""
-LAYER_TRANSIENT = {"hidden": 4, "q": 3, "kv": 4, "mlp": 4}
+LAYER_TRANSIENT = {"hidden": 4, "q": 3, "kv": 4, "mlp": 6}
 """Tensors of each width alive during one decoder layer's recompute and backward (inputs to the matmuls, their
-outputs and gradients)."""
+outputs and gradients; for the MLP: the SwiGLU's gate, up, activation and product, and two of their gradients)."""
 NAIVE_LOSS_FP32_COPIES = 2.5
 """fp32 copies of the full logits the naive loss holds at its peak (measured: 9.4 to 10.6 bytes per logit over the
 three naive rows of the long-context memory benchmark); a bf16 run adds the bf16 logits themselves."""

@@ -1,7 +1,7 @@
 import pytest
 
 from longvila.constants import DEFAULT_SYSTEM, IGNORE_INDEX
-from longvila.data.template import encode_conversation, encode_prompt, format_conversation
+from longvila.data.template import encode_conversation, encode_prompt, normalize_turns
 
 CONV = [
     {"from": "human", "value": "<image>\nDescribe the image."},
@@ -47,9 +47,15 @@ def test_only_assistant_content_and_im_end_are_supervised(tokenizer):
     assert ids[-2:] == [im_end, newline]
 
 
+def qwen2_text(conversations) -> str:
+    """The Qwen2 chat markup written out by hand: the text the encoded ids must decode to."""
+    text = f"<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n"
+    return text + "".join(f"<|im_start|>{role}\n{value}<|im_end|>\n" for role, value in normalize_turns(conversations))
+
+
 def test_structure_matches_qwen2_format(tokenizer):
     ids, _ = encode_conversation(tokenizer, CONV)
-    text = format_conversation(CONV)
+    text = qwen2_text(CONV)
     assert text.startswith(f"<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n<|im_start|>user\n<image>\nDescribe")
     assert text.endswith("<|im_start|>assistant\nThe pass key is 48213.<|im_end|>\n")
     # Segment-wise encoding may add a sentencepiece dummy-prefix space per segment; otherwise identical.

@@ -8,8 +8,13 @@ import torch
 
 from longvila.kernels._triton import interpreting
 from longvila.model.checkpoint import load_vila
-from longvila.model.fused import enable_fused_kernels, fused_kernels_active
+from longvila.model.fused import enable_fused_kernels, fused_cross_entropy_sum
 from longvila.model.tiny import tiny_model_path
+
+
+def fused_kernels_active(model) -> bool:
+    return model.loss_fn is fused_cross_entropy_sum and any(
+        getattr(m, "_longvila_fused_rope", False) for m in model.llm.modules())
 
 
 def packed_batch(vocab, seed):

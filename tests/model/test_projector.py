@@ -7,9 +7,14 @@ import torch
 from longvila.model.projector import (
     MultimodalProjector,
     MultimodalProjectorConfig,
-    downsample_2x2,
+    downsample_grid,
     tokens_per_frame,
 )
+
+
+def downsample_2x2(x: torch.Tensor) -> torch.Tensor:
+    """``mlp_downsample``'s merge in VILA's current (row-major) order."""
+    return downsample_grid(x, 2)
 
 
 def vila_flat_square(x: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,6 @@ import pytest
 
 @pytest.fixture(scope="session")
 def probe_checkpoint(tmp_path_factory):
-    from longvila.model.real_shapes import build_real_shape_checkpoint
+    from longvila.plan.measured import build_live_probe
 
-    return build_real_shape_checkpoint(tmp_path_factory.mktemp("plan") / "qwen2-0.5b-1L", llm="qwen2-0.5b",
-                                       llm_layers=1, vision_layers=1)
+    return build_live_probe(tmp_path_factory.mktemp("plan") / "probe")

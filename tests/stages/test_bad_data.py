@@ -10,7 +10,7 @@ import pytest
 
 from longvila.data import synthetic
 from longvila.engine.metrics import read_metrics
-from longvila.engine.sample_log import read_sample_logs
+from tests.stages.sample_logs import read_sample_logs
 
 N_VIDEOS = 20
 

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from longvila.engine.metrics import read_metrics
-from longvila.engine.sample_log import read_sample_logs
+from tests.stages.sample_logs import read_sample_logs
 
 STEPS = 10
 CHAIN = [  # (name, ranks, flags, resumes from the previous run's step)
