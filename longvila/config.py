@@ -17,7 +17,7 @@ from typing import Optional
 import yaml
 from transformers import HfArgumentParser
 
-from longvila.distributed.mesh import RING_TYPES
+from longvila.distributed.mesh import SequenceParallelConfig
 from longvila.kernels import ATTN_BACKENDS
 from longvila.recipes import deepspeed_config_path, recipe_path as packaged_recipe_path
 
@@ -239,6 +239,7 @@ def validate(args: StageArguments) -> None:
         check_writable(t.output_dir)
     except PermissionError as error:
         raise ConfigError(str(error)) from None
+    sp_problem = _sequence_parallel_problem(t)
     checks = [
         (t.max_steps == 0 or t.max_steps < -1, f"--max_steps must be positive or -1, got {t.max_steps}"),
         (t.max_steps == -1 and t.num_train_epochs <= 0, "--num_train_epochs must be > 0 when --max_steps is -1"),
@@ -249,15 +250,9 @@ def validate(args: StageArguments) -> None:
         (t.lr_scheduler_type not in LR_SCHEDULERS,
          f"--lr_scheduler_type must be one of {', '.join(LR_SCHEDULERS)}, got {t.lr_scheduler_type!r}"),
         (t.save_steps < 0, "--save_steps must be >= 0"),
-        (t.seq_parallel_size < 1, f"--seq_parallel_size must be >= 1, got {t.seq_parallel_size}"),
-        (t.seq_parallel_ring_size < 1, f"--seq_parallel_ring_size must be >= 1, got {t.seq_parallel_ring_size}"),
-        (t.seq_parallel_size % t.seq_parallel_ring_size != 0,
-         f"--seq_parallel_size {t.seq_parallel_size} is not divisible by --seq_parallel_ring_size "
-         f"{t.seq_parallel_ring_size}"),
+        (sp_problem is not None, sp_problem),
         (t.zero3_load not in ("auto", "partitioned", "direct"),
          f"--zero3_load must be one of auto, partitioned, direct, got {t.zero3_load!r}"),
-        (t.seq_parallel_ring_type not in RING_TYPES,
-         f"--seq_parallel_ring_type must be one of {', '.join(RING_TYPES)}, got {t.seq_parallel_ring_type!r}"),
         (d.model_max_length < 8, f"--model_max_length must be >= 8, got {d.model_max_length}"),
         (d.num_video_frames < 1, f"--num_video_frames must be >= 1, got {d.num_video_frames}"),
         (d.fps is not None and d.fps <= 0, f"--fps must be > 0, got {d.fps}"),
@@ -282,6 +277,15 @@ def validate(args: StageArguments) -> None:
     except FileNotFoundError as error:
         raise ConfigError(str(error)) from None
     _validate_data_sources(d)
+
+
+def _sequence_parallel_problem(t: TrainArguments) -> Optional[str]:
+    """The SP flags' problem in the trainer's own words (``SequenceParallelConfig``), or None."""
+    try:
+        SequenceParallelConfig.from_args(t)
+    except ValueError as error:
+        return str(error)
+    return None
 
 
 def _validate_model_folders(m: ModelArguments) -> None:

@@ -30,9 +30,7 @@ def start_processes(sp: SequenceParallelConfig):
     :class:`~longvila.engine.dist.DistEnv`."""
     from longvila.engine.dist import init_distributed
 
-    world = launched_world_size()
-    if world % sp.sp_size:
-        raise ValueError(f"world size {world} is not divisible by --seq_parallel_size {sp.sp_size}")
+    sp.check_world(launched_world_size())
     return init_distributed()
 
 

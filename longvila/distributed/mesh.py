@@ -39,16 +39,16 @@ class SequenceParallelConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.sp_size, int) or self.sp_size < 1:
-            raise ValueError(f"seq_parallel_size must be a positive integer, got {self.sp_size!r}")
+            raise ValueError(f"--seq_parallel_size must be a positive integer, got {self.sp_size!r}")
         if not isinstance(self.ring_size, int) or self.ring_size < 1:
-            raise ValueError(f"seq_parallel_ring_size must be a positive integer, got {self.ring_size!r}")
+            raise ValueError(f"--seq_parallel_ring_size must be a positive integer, got {self.ring_size!r}")
         if self.sp_size % self.ring_size != 0:
             raise ValueError(
-                f"seq_parallel_size {self.sp_size} is not divisible by seq_parallel_ring_size {self.ring_size} "
+                f"--seq_parallel_size {self.sp_size} is not divisible by --seq_parallel_ring_size {self.ring_size} "
                 f"(ulysses degree = size / ring size must be an integer)"
             )
         if self.ring_type not in RING_TYPES:
-            raise ValueError(f"unknown seq_parallel_ring_type {self.ring_type!r}; expected one of {RING_TYPES}")
+            raise ValueError(f"--seq_parallel_ring_type must be one of {', '.join(RING_TYPES)}, got {self.ring_type!r}")
 
     @classmethod
     def from_args(cls, args) -> "SequenceParallelConfig":
@@ -86,7 +86,7 @@ class SequenceParallelConfig:
         """Validate against the world size and return the DP degree."""
         if world_size % self.sp_size != 0:
             raise ValueError(
-                f"world size {world_size} is not divisible by seq_parallel_size {self.sp_size}"
+                f"world size {world_size} is not divisible by --seq_parallel_size {self.sp_size}"
             )
         return world_size // self.sp_size
 

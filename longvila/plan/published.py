@@ -36,7 +36,7 @@ PUBLISHED_RUNS = (
         f"{VILA}: longvila/train/5_long_sft_2048frames.sh; README: 32 8xH100 nodes", "256 x H100-80GB",
         dict(model="qwen2-7b", stage="s5_long_video_sft", num_video_frames=2048, gpus=256, device="H100-80GB",
              seq_parallel_size=28, seq_parallel_ring_size=1, deepspeed="zero3", lora=False),
-        fits=False, flagged="world size 256 is not divisible by seq_parallel_size 28"),
+        fits=False, flagged="world size 256 is not divisible by --seq_parallel_size 28"),
     PublishedRun(
         "LongVILA stage 5 at SP 28 on 28 x 8 H100 (a world SP 28 divides)",
         f"{VILA}: longvila/train/5_long_sft_2048frames.sh", "224 x H100-80GB",

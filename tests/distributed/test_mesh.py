@@ -17,10 +17,10 @@ def _one_line(exc: pytest.ExceptionInfo) -> str:
 @pytest.mark.parametrize(
     "kwargs, fragment",
     [
-        (dict(sp_size=4, ring_size=3), "seq_parallel_size 4 is not divisible by seq_parallel_ring_size 3"),
+        (dict(sp_size=4, ring_size=3), "--seq_parallel_size 4 is not divisible by --seq_parallel_ring_size 3"),
         (dict(sp_size=0), "seq_parallel_size must be a positive integer, got 0"),
         (dict(sp_size=2, ring_size=0), "seq_parallel_ring_size must be a positive integer, got 0"),
-        (dict(sp_size=4, ring_type="spiral"), "unknown seq_parallel_ring_type 'spiral'"),
+        (dict(sp_size=4, ring_type="spiral"), "--seq_parallel_ring_type must be one of zigzag_ring, ring, got 'spiral'"),
     ],
 )
 def test_bad_config_is_a_one_line_error(kwargs, fragment):
@@ -32,7 +32,7 @@ def test_bad_config_is_a_one_line_error(kwargs, fragment):
 def test_world_not_divisible_by_sp():
     with pytest.raises(ValueError) as exc:
         SequenceParallelConfig(4, 2).check_world(6)
-    assert "world size 6 is not divisible by seq_parallel_size 4" in _one_line(exc)
+    assert "world size 6 is not divisible by --seq_parallel_size 4" in _one_line(exc)
     assert SequenceParallelConfig(4, 2).check_world(8) == 2
 
 

@@ -45,7 +45,7 @@ def test_fixed_layout_that_breaks_a_rule_gets_reasons_and_an_alternative(capsys)
     code, out, _ = _run(capsys, "--model", "qwen2-7b", "--num_video_frames", "2048", "--gpus", "256",
                         "--seq_parallel_size", "28", "--seq_parallel_ring_size", "1")
     assert code == 1
-    assert "NO LAYOUT CAN RUN" in out and "world size 256 is not divisible by seq_parallel_size 28" in out
+    assert "NO LAYOUT CAN RUN" in out and "world size 256 is not divisible by --seq_parallel_size 28" in out
     assert "instead    with the SP degree left open" in out and "command" in out
 
 

@@ -9,7 +9,7 @@ def test_longvila_traps_are_flagged():
     assert len(problems) == 1 and "num kv heads 4 neither divides by nor divides the ulysses degree 14" in problems[0]
     # 256 GPUs cannot be cut into SP groups of 28.
     problems = layout_problems(Layout(256, 8, 28, 1), 28, 4, 100_000)
-    assert problems == ["world size 256 is not divisible by seq_parallel_size 28: 4 of 256 GPUs would have no SP "
+    assert problems == ["world size 256 is not divisible by --seq_parallel_size 28: 4 of 256 GPUs would have no SP "
                         "group"]
     assert layout_problems(Layout(224, 8, 28, 1), 28, 4, 100_000) == []  # 28 kv-replicated 7x is valid
     assert layout_problems(Layout(224, 8, 14, 7), 28, 4, 100_000) == []  # ring 7 leaves ulysses 2: 2 kv heads each
@@ -17,7 +17,7 @@ def test_longvila_traps_are_flagged():
 
 
 def test_bad_ring_and_too_short_sequences():
-    assert "not divisible by seq_parallel_ring_size 3" in layout_problems(Layout(8, 8, 8, 3), 32, 8, 4096)[0]
+    assert "not divisible by --seq_parallel_ring_size 3" in layout_problems(Layout(8, 8, 8, 3), 32, 8, 4096)[0]
     assert layout_problems(Layout(8, 8, 8, 1), 32, 8, 15) == [
         "15 tokens cannot be split over SP 8 (needs at least 16)"]
 
