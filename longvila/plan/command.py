@@ -25,7 +25,9 @@ def stage4_rope_theta(tokens: int) -> float | None:
     return LONGVILA_ROPE_THETA[lengths[0]] if lengths else None
 
 
-def launch_command(request, layout: Layout, choices: TrainingChoices, workload: Workload) -> str:
+def launch_command(request, layout: Layout, choices: TrainingChoices, workload: Workload,
+                   trained_context: int = 0) -> str:
+    """The launch line; stage 4 gets LongVILA's RoPE base when the sample is longer than ``trained_context``."""
     launcher = ["torchrun", "--nnodes", str(layout.nodes), "--nproc_per_node",
                 str(min(layout.gpus, layout.gpus_per_node))]
     if layout.nodes > 1:
@@ -45,7 +47,7 @@ def launch_command(request, layout: Layout, choices: TrainingChoices, workload: 
         flags += ["--tiled_mlp_tokens", str(choices.tiled_mlp_tokens)]
     if choices.loss_impl != "chunked":
         flags += ["--loss_impl", choices.loss_impl]
-    if choices.stage == "s4_context_ext":
+    if choices.stage == "s4_context_ext" and workload.tokens > trained_context:
         theta = stage4_rope_theta(workload.tokens)
         if theta is not None:
             flags += ["--rope_theta", f"{theta:.0f}"]

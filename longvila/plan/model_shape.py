@@ -33,6 +33,7 @@ class ModelShape:
     num_kv_heads: int
     head_dim: int
     vocab_size: int
+    max_position_embeddings: int
     tied_embeddings: bool
     vision_hidden_size: int
     vision_intermediate_size: int
@@ -142,6 +143,7 @@ def resolve_model_shape(model: str, vision_tower: str | None = None, trains: fro
         name=model, hidden_size=llm_cfg.hidden_size, intermediate_size=llm_cfg.intermediate_size,
         num_layers=llm_cfg.num_hidden_layers, num_q_heads=llm_cfg.num_attention_heads,
         num_kv_heads=llm_cfg.num_key_value_heads, head_dim=head_dim, vocab_size=llm_cfg.vocab_size,
+        max_position_embeddings=int(getattr(llm_cfg, "max_position_embeddings", 0) or 0),
         tied_embeddings=bool(getattr(llm_cfg, "tie_word_embeddings", False)),
         vision_hidden_size=vision_cfg.hidden_size, vision_intermediate_size=vision_cfg.intermediate_size,
         vision_layers=vision_cfg.num_hidden_layers, vision_patches=patches,

@@ -56,6 +56,13 @@ class PlanRequest:
             raise ValueError("--gradient_checkpointing offload needs CUDA; on --device cpu use true or false")
 
     @property
+    def rank_budget_gib(self) -> float:
+        """What one rank may use: a GPU's usable memory; on ``--device cpu`` the host's memory shared by its ranks."""
+        if self.device.is_cuda:
+            return self.device.budget_gib
+        return self.device.budget_gib / min(self.gpus, self.gpus_per_node)
+
+    @property
     def host_budget_gib(self) -> float:
         if self.host_memory_gb is not None:
             return self.host_memory_gb
@@ -102,7 +109,8 @@ class Plan:
         chosen = self.best if self.fits else self.alternative
         if chosen is None:
             return None
-        return launch_command(self.request, chosen.layout, chosen.choices, self.workload)
+        return launch_command(self.request, chosen.layout, chosen.choices, self.workload,
+                              self.shape.max_position_embeddings)
 
 
 def _choices(request: PlanRequest) -> list[TrainingChoices]:
@@ -141,9 +149,9 @@ def evaluate(request: PlanRequest, shape: ModelShape, layout: Layout, choices: T
         return Candidate(layout, choices, None, None, tuple(problems))
     memory = predict_memory(shape, layout, workload, choices, request.device)
     time = predict_step_time(shape, layout, workload, choices, request.device)
-    if memory.peak_gib > request.device.budget_gib:
-        problems.append(f"needs {memory.peak_gib:.1f} GiB per GPU ({memory.peak_phase} peak) > "
-                        f"{request.device.budget_gib:.1f} GiB usable on {request.device.name}")
+    if memory.peak_gib > request.rank_budget_gib:
+        problems.append(f"needs {memory.peak_gib:.1f} GiB per rank ({memory.peak_phase} peak) > "
+                        f"{request.rank_budget_gib:.1f} GiB usable on {request.device.name}")
     host = memory.host_offload_gib * min(layout.gpus, layout.gpus_per_node)
     if host > request.host_budget_gib:
         problems.append(f"offload needs {host:.0f} GiB of host memory per node > {request.host_budget_gib:.0f} GiB")

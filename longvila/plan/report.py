@@ -44,7 +44,7 @@ def format_plan(result: Plan) -> str:
              f"workload   {request.stage}: {result.workload.tokens:,} tokens per sample"
              + (f" ({result.workload.frames} frames)" if result.workload.frames else ""),
              f"cluster    {request.gpus} x {request.device.name} ({min(request.gpus, request.gpus_per_node)} per node), "
-             f"{request.device.budget_gib:.1f} GiB usable per GPU"]
+             f"{request.rank_budget_gib:.1f} GiB usable per {'GPU' if request.device.is_cuda else 'rank'}"]
     if not result.fits:
         lines.append("")
         if chosen is None:
@@ -58,7 +58,8 @@ def format_plan(result: Plan) -> str:
         else:
             chosen = chosen if chosen is not None and chosen.memory is not None else None
     if chosen is not None and chosen.memory is not None:
-        lines += ["", f"layout     {chosen.layout.describe()}, {_describe_choices(chosen)}", *_breakdown(chosen)]
+        unit = "GPU" if request.device.is_cuda else "rank"
+        lines += ["", f"layout     {chosen.layout.describe()}, {_describe_choices(chosen)}", *_breakdown(chosen, unit)]
     if result.max_tokens:
         reach = f"{result.max_tokens:,} tokens" + (f" ({result.max_frames} frames)" if result.max_frames else "")
         lines.append(f"reach      the longest sample that fits this layout: {reach}")
@@ -89,17 +90,17 @@ def _ruled_out_layouts(result: Plan) -> list[tuple]:
     return [(layout, reason) for layout, (_, reason) in closest.items()]
 
 
-def _breakdown(candidate: Candidate) -> list[str]:
+def _breakdown(candidate: Candidate, unit: str) -> list[str]:
     memory, time = candidate.memory.as_dict(), candidate.time.as_dict()
-    lines = ["", "memory per GPU (GiB)"]
+    lines = ["", f"memory per {unit} (GiB)"]
     lines += [f"  {label:<38}{memory[key]:>8.2f}" for label, key in MEMORY_ROWS if memory[key] > 0.005]
     lines.append(f"  peak ({memory['peak_phase']}){'':<{30 - len(memory['peak_phase'])}}{memory['peak_gib']:>8.2f}"
                  f"   (backward {memory['backward_gib']:.2f}, optimizer step {memory['step_gib']:.2f})")
     if memory["host_offload_gib"] > 0:
-        lines.append(f"  host memory for offloaded state         {memory['host_offload_gib']:>8.2f} per GPU")
+        lines.append(f"  host memory for offloaded state         {memory['host_offload_gib']:>8.2f} per {unit}")
     lines += ["", "step time (s)"]
     lines += [f"  {label:<38}{time[key]:>8.2f}" for label, key in TIME_ROWS if time[key] > 0.0005]
-    lines.append(f"  total{'':<33}{time['total_s']:>8.2f}   ({time['model_tflop']:,.0f} TFLOP per GPU per step)")
+    lines.append(f"  total{'':<33}{time['total_s']:>8.2f}   ({time['model_tflop']:,.0f} TFLOP per {unit} per step)")
     return lines
 
 
@@ -118,7 +119,7 @@ def plan_json(result: Plan) -> dict:
         "frames": result.workload.frames,
         "notes": result.notes,
         "device": result.request.device.name,
-        "usable_memory_gb": result.request.device.budget_gib,
+        "usable_memory_gb": result.request.rank_budget_gib,
         "rejected": [{"layout": c.layout.describe(), "choices": _describe_choices(c), "reasons": list(c.problems)}
                      for c in result.rejected],
     }

@@ -53,7 +53,21 @@ def test_nothing_fits_exits_1_and_says_by_how_much(capsys):
     code, out, _ = _run(capsys, "--model", "llama3-8b", "--model_max_length", "4194304", "--gpus", "1",
                         "--deepspeed", "zero2", "--gradient_checkpointing", "true")
     assert code == 1
-    assert "DOES NOT FIT" in out and "GiB per GPU" in out and "command" not in out
+    assert "DOES NOT FIT" in out and "GiB per rank" in out and "command" not in out
+
+
+def test_cpu_ranks_share_the_host(capsys):
+    """On --device cpu the ranks of one host divide its memory: 24 GiB holds four ZeRO-2 ranks of the 2-layer
+    Qwen2-1.5B-shape probe, not twelve."""
+    argv = ["--model", "qwen2-1.5b", "--num_layers", "2", "--vision_layers", "2", "--model_max_length", "4096",
+            "--device", "cpu", "--gpu_memory_gb", "24", "--seq_parallel_size", "1", "--json"]
+    code, out, _ = _run(capsys, *argv, "--gpus", "1")
+    assert code == 0 and 9 < json.loads(out)["peak_memory_gb"] < 10.5  # the benchmark measured 9.5-9.9 GiB
+    code, out, _ = _run(capsys, *argv, "--gpus", "4")
+    assert code == 0 and json.loads(out)["peak_memory_gb"] < json.loads(out)["usable_memory_gb"] == 24 / 4
+    assert "--rope_theta" not in json.loads(out)["command"]  # 4,096 tokens: inside the model's trained context
+    code, out, _ = _run(capsys, *argv, "--gpus", "12")
+    assert code == 1 and not json.loads(out)["fits"]
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -13,7 +13,7 @@ def test_published_run(run):
     if run.fits:
         chosen = result.best
         assert chosen.layout.sp == run.request.get("seq_parallel_size", chosen.layout.sp)
-        assert chosen.memory.peak_gib <= result.request.device.budget_gib
+        assert chosen.memory.peak_gib <= result.request.rank_budget_gib
         assert result.max_tokens >= result.workload.tokens
     else:
         reasons = [problem for candidate in result.rejected for problem in candidate.problems]
