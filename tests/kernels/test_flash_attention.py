@@ -332,6 +332,7 @@ def test_all_kernels_compile_for_h100_without_a_gpu():
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="runs with the GPU tests (pytest -m gpu on a CUDA machine)")
 def test_attention_compiles_for_h100_in_more_variants():
     """d=80 (padded to 128) and fp32 (IEEE dots, the fall-back config): about a minute and a half of compiling on two
     cores, so it runs with the GPU tests (``pytest -m gpu``) rather than in the CPU CI, which compiles every kernel's
