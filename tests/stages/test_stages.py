@@ -142,9 +142,9 @@ def test_all_bad_dataset_stops_with_one_clear_error(stage_data, stage_flags, sub
 @pytest.mark.triton
 def test_fused_kernels_train_with_the_same_loss_curve(stage_flags, tmp_path):
     """Stage 4 with --fused_kernels (Triton RMSNorm/RoPE/CE; on CPU in the interpreter session) follows the stock
-    run's losses to 1e-4 relative over 3 optimizer steps (fp32; the kernels accumulate in a different order)."""
+    run's losses to 1e-4 relative over 2 optimizer steps (fp32; the kernels accumulate in a different order)."""
     spec = stage_spec("s4_context_ext")
-    runs = [run_stage(spec, stage_flags("s4_context_ext", tmp_path / name, "--max_steps", "3", "--model_max_length",
+    runs = [run_stage(spec, stage_flags("s4_context_ext", tmp_path / name, "--max_steps", "2", "--model_max_length",
                                         "64", "--learning_rate", "1e-3", *extra))
             for name, extra in (("stock", ()), ("fused", ("--fused_kernels", "true")))]
     stock, fused = ([r["loss"] for r in run.history] for run in runs)
