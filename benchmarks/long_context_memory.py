@@ -31,11 +31,11 @@ import sys
 import time
 from pathlib import Path
 
-OURS = {
-    "naive": ["--loss_impl", "naive", "--tiled_mlp_tokens", "0"],  # the path every stage took before
-    "chunked": ["--loss_impl", "chunked", "--tiled_mlp_tokens", "0"],
-    "default": [],  # chunked loss + tiled MLP (4096-token tiles)
-}
+from longvila.plan.measured import BENCHMARK_SYSTEMS, probe_step_flags, system_flags
+
+# naive: the path every stage took before; chunked: chunked loss only; default: chunked loss + tiled MLP (4096-token
+# tiles). The planner predicts the same systems (longvila.plan.measured.BENCHMARK_SYSTEMS).
+OURS = {name: system_flags(name) for name in BENCHMARK_SYSTEMS}
 ALST = {"alst": [], "alst_untiled": ["--untiled"]}  # DeepSpeed's peer, only under SP (benchmarks/alst_step.py)
 SYSTEMS = {**OURS, **ALST}
 ALST_SCRIPT = Path(__file__).resolve().with_name("alst_step.py")
@@ -62,10 +62,8 @@ def point_command(checkpoint: Path, out: Path, system: str, length: int, sp: int
                  "--length", str(length), "--out", str(out), *ALST[system]], out / "alst_metrics.jsonl")
     module = ["-m", "longvila.stages.s4_context_ext"]
     parallel = ["--seq_parallel_size", str(sp), "--seq_parallel_ring_size", "1"] if sp > 1 else []  # Ulysses, as ALST
-    return ([*launcher(sp), *module, "--init_from", str(checkpoint), "--output_dir", str(out),
-             "--data_dir", str(data_dir), "--max_steps", "2", "--model_max_length", str(length),
-             "--gradient_checkpointing", "true", "--rope_theta", "1000000", "--disable_tqdm", "true",
-             "--bf16", "false", *parallel, *OURS[system], *extra], out / "metrics.jsonl")
+    return ([*launcher(sp), *module, *probe_step_flags(checkpoint, out, data_dir, length), *parallel, *OURS[system],
+             *extra], out / "metrics.jsonl")
 
 
 def run_point(checkpoint: Path, out: Path, system: str, length: int, sp: int, extra: list[str],

@@ -32,6 +32,7 @@ from longvila.data.image import load_image
 from longvila.data.records import read_records
 from longvila.data.template import encode_conversation, normalize_turns, special_token_id, video_token_id
 from longvila.data.video import load_video
+from longvila.model.media_expansion import video_positions
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class ConversationDataset(Dataset):
         self.video_token_id = video_token_id(tokenizer)
         self.placeholder_cost = {  # sequence positions each placeholder becomes once the model expands it
             self.image_token_id: tokens_per_frame or 1,
-            self.video_token_id: num_video_frames * (tokens_per_frame + 1) if tokens_per_frame else 1,
+            self.video_token_id: video_positions(num_video_frames, tokens_per_frame) if tokens_per_frame else 1,
         }
         self.records, self.num_malformed = read_records(self.path, validate_record)
         self._warned: set[int] = set()

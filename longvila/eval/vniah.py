@@ -65,6 +65,7 @@ from longvila.eval.command import (
 from longvila.eval.grid import EvalError, GridSpec, depth_values, insert_needle, run_grid, value_range
 from longvila.eval.runtime import EvalRuntime, check_model_dir
 from longvila.eval.scoring import score_sample, swapped
+from longvila.model.media_expansion import video_positions
 
 logger = logging.getLogger("longvila.eval")
 
@@ -352,7 +353,7 @@ def run_vniah(cfg: VNIAHConfig, runtime: EvalRuntime | None = None) -> dict:
                 scored = score_sample(runtime, ids, labels, needle.answer, cfg.scoring, cfg.max_new_tokens,
                                       media=[[frame_placeholder(len(features))]])
             samples.append({"needle": needle.name, "needle_frame": index, "num_frames": len(features),
-                            "seq_len": len(ids) - 1 + len(features) * (tokens_per_frame + 1), **scored})
+                            "seq_len": len(ids) - 1 + video_positions(len(features), tokens_per_frame), **scored})
         return samples
 
     spec = GridSpec("vniah", "frames", "Haystack frames", tuple(frames), tuple(depths))

@@ -15,6 +15,11 @@ import torch
 from longvila.constants import IGNORE_INDEX
 
 
+def video_positions(num_frames: int, tokens_per_frame: int) -> int:
+    """Sequence positions a video placeholder becomes: each frame's projected tokens, then the newline embedding."""
+    return num_frames * (tokens_per_frame + 1)
+
+
 def check_media(input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None,
                 media: list[list[torch.Tensor]] | None, position_ids: torch.Tensor | None, image_id: int,
                 video_id: int) -> tuple[torch.Tensor, list[list[torch.Tensor]], torch.Tensor]:

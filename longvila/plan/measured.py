@@ -24,7 +24,8 @@ BENCHMARK_SYSTEMS = {
     "chunked": {"tiled_mlp_tokens": 0},
     "default": {},
 }
-"""The benchmark's systems of ours (``--loss_impl`` / ``--tiled_mlp_tokens``); ALST's rows are not our trainer."""
+"""The long-context memory benchmark's systems of ours as training choices (its flags are
+``system_flags``); ALST's rows are not our trainer."""
 PROBE_VISION_LAYERS = 2
 """``build_real_shape_checkpoint``'s default tower depth (stage 4 never runs the tower; its weights still count)."""
 LIVE_PROBE = {"llm": "qwen2-0.5b", "llm_layers": 1, "vision_layers": 1}
@@ -44,6 +45,19 @@ class Comparison:
     def error(self) -> float:
         """Relative error of the predicted peak against the measured one."""
         return self.predicted.peak_gib / self.measured_gib - 1
+
+
+def system_flags(system: str) -> list[str]:
+    """A benchmark system's stage flags (``--loss_impl naive --tiled_mlp_tokens 0`` for ``naive``)."""
+    return [token for key, value in BENCHMARK_SYSTEMS[system].items() for token in (f"--{key}", str(value))]
+
+
+def probe_step_flags(checkpoint: Path, out: Path, data_dir: Path, tokens: int) -> list[str]:
+    """Stage-4 flags of one measured probe run: two fp32 optimizer steps (AdamW allocates its state in the first)
+    at ``tokens`` tokens with gradient checkpointing; the measurement is the second step's peak."""
+    return ["--init_from", str(checkpoint), "--output_dir", str(out), "--data_dir", str(data_dir), "--max_steps",
+            "2", "--model_max_length", str(tokens), "--gradient_checkpointing", "true", "--rope_theta", "1000000",
+            "--disable_tqdm", "true", "--bf16", "false"]
 
 
 def predict_cpu_run(shape: ModelShape, tokens: int, sp: int = 1, **choices) -> MemoryBreakdown:
@@ -87,10 +101,8 @@ def live_comparison(checkpoint: Path, workdir: Path, tokens: int = LIVE_TOKENS, 
 
     out = Path(workdir) / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "longvila.stages.s4_context_ext", "--init_from", str(checkpoint), "--output_dir",
-         str(out), "--data_dir", str(Path(workdir) / "data"), "--max_steps", "2", "--model_max_length", str(tokens),
-         "--gradient_checkpointing", "true", "--bf16", "false", "--disable_tqdm", "true"],
-        capture_output=True, text=True, env=env)
+        [sys.executable, "-m", "longvila.stages.s4_context_ext",
+         *probe_step_flags(checkpoint, out, Path(workdir) / "data", tokens)], capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"the live stage-4 run failed: {result.stderr[-2000:]}")
     measured = read_metrics(out)[1]["step_peak_memory_gb"]

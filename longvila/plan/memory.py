@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from longvila.plan.hardware import Device
-from longvila.plan.layout import Layout, kv_replication
+from longvila.plan.layout import Layout
 from longvila.plan.model_shape import ModelShape
 from longvila.plan.workload import TrainingChoices, Workload
 
@@ -104,12 +104,6 @@ class MemoryBreakdown:
                 "peak_gib": self.peak_gib, "peak_phase": self.peak_phase}
 
 
-def _chunk_rows(rows: int, vocab: int, hidden: int) -> int:
-    from longvila.kernels.fused_linear_ce import default_chunk_size
-
-    return default_chunk_size(rows, vocab, hidden)
-
-
 def predict_memory(shape: ModelShape, layout: Layout, workload: Workload, choices: TrainingChoices,
                    device: Device) -> MemoryBreakdown:
     """Predicted peak of one rank (module docstring for the phases and terms)."""
@@ -118,19 +112,17 @@ def predict_memory(shape: ModelShape, layout: Layout, workload: Workload, choice
     trainable = shape.trainable_params
     tokens = workload.tokens * choices.micro_batch
     local = -(-tokens // layout.sp)
-    q_width = shape.num_q_heads * shape.head_dim
-    kv_width = shape.num_kv_heads * shape.head_dim * kv_replication(shape.num_q_heads, shape.num_kv_heads,
-                                                                    layout.ulysses)
+    q_width, kv_width = shape.attention_widths(layout.ulysses)
 
     if choices.zero_stage == 3:
-        gathered = max(2 * shape.layer_params, shape.vocab_size * shape.hidden_size)
+        gathered = max(2 * shape.layer_params, shape.lm_head_elements)
         weights = (gathered + (0 if choices.offloads_params else shape.total_params / ranks)) * act
     else:
         weights = shape.total_params * act
     # A CPU process's resident memory counts only the pages written: the bucket's unused tail does not show there.
     bucket_elements = REDUCE_BUCKET_ELEMENTS if device.is_cuda else min(REDUCE_BUCKET_ELEMENTS, trainable)
     bucket = max(bucket_elements, shape.largest_trainable) * act if trainable else 0
-    embedding = shape.vocab_size * shape.hidden_size if shape.embedding_trainable else 0
+    embedding = shape.lm_head_elements if shape.embedding_trainable else 0
     if choices.offloads_optimizer:  # fp32 gradients, master weights, Adam state and the step live in host memory
         optimizer_state = optimizer_step = layer_gradients = 0.0
         host = 20 * trainable / ranks
@@ -143,14 +135,15 @@ def predict_memory(shape: ModelShape, layout: Layout, workload: Workload, choice
         host += shape.total_params / ranks * act
 
     per_layer = local * shape.hidden_size * act
-    on_device_layers = 0 if choices.checkpointing == "offload" else shape.num_layers
-    if choices.checkpointing == "false":
-        checkpoints = shape.num_layers * _layer_transient(shape, local, q_width, kv_width, choices, act)
-    else:
-        checkpoints = per_layer * (on_device_layers + CHECKPOINTED_WIDTHS) + local * shape.head_dim * 2 * 4
-    host += per_layer * shape.num_layers if choices.checkpointing == "offload" else 0
-
     transient = _layer_transient(shape, local, q_width, kv_width, choices, act)
+    if choices.checkpointing == "false":
+        checkpoints = shape.num_layers * transient
+    else:
+        on_device_layers = 0 if choices.checkpointing == "offload" else shape.num_layers
+        checkpoints = per_layer * (on_device_layers + CHECKPOINTED_WIDTHS) + local * shape.head_dim * 2 * 4
+    if choices.checkpointing == "offload":
+        host += per_layer * shape.num_layers
+
     communication = _communication_buffers(layout, local, q_width, kv_width, act)
     loss = _loss(shape, local, choices, act)
     vision = _vision(shape, layout, workload, choices, act)
@@ -160,7 +153,7 @@ def predict_memory(shape: ModelShape, layout: Layout, workload: Workload, choice
         layer_transient_gib=transient / GiB, loss_gib=loss / GiB, communication_gib=communication / GiB,
         vision_tower_gib=vision / GiB, runtime_gib=device.runtime_gib, host_offload_gib=host / GiB,
         gradient_bucket_gib=bucket / GiB, layer_gradients_gib=layer_gradients / GiB,
-        head_gradient_gib=(shape.vocab_size * shape.hidden_size * act if shape.head_trainable else 0) / GiB,
+        head_gradient_gib=(shape.lm_head_elements * act if shape.head_trainable else 0) / GiB,
     )
 
 
@@ -186,11 +179,13 @@ def _communication_buffers(layout: Layout, local: int, q_width: int, kv_width: i
 def _loss(shape: ModelShape, local: int, choices: TrainingChoices, act: int) -> float:
     """The naive loss's full logits; or the chunked loss's fp32 LM-head gradient accumulator (when the head trains),
     the gradient of the hidden states and two chunks of fp32 logits."""
+    from longvila.kernels.fused_linear_ce import default_chunk_size
+
     vocab, hidden = shape.vocab_size, shape.hidden_size
     if choices.loss_impl == "naive":
-        return local * vocab * (NAIVE_LOSS_FP32_COPIES * 4 + (act if act == 2 else 0))
-    rows = _chunk_rows(local, vocab, hidden)
-    weight_gradient = vocab * hidden * 4 if shape.head_trainable else 0
+        return local * vocab * (NAIVE_LOSS_FP32_COPIES * 4 + (act if choices.bf16 else 0))
+    rows = default_chunk_size(local, vocab, hidden)
+    weight_gradient = shape.lm_head_elements * 4 if shape.head_trainable else 0
     return weight_gradient + local * hidden * 4 + 2 * rows * vocab * 4
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from longvila.model.real_shapes import LLM_SHAPES, RELEASED_LAYERS, VISION_SHAPES, llm_config, vision_config
+from longvila.plan.layout import kv_replication
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,16 @@ class ModelShape:
     @property
     def total_params(self) -> int:
         return self.llm_params + self.vision_params + self.projector_params
+
+    @property
+    def lm_head_elements(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    def attention_widths(self, ulysses: int) -> tuple[int, int]:
+        """(q, kv) elements per token of one layer's attention on a Ulysses rank's view: kv counted with the copies
+        that a Ulysses degree above the kv-head count makes (``layout.kv_replication``)."""
+        copies = kv_replication(self.num_q_heads, self.num_kv_heads, ulysses)
+        return self.num_q_heads * self.head_dim, self.num_kv_heads * self.head_dim * copies
 
     @property
     def layer_params(self) -> int:

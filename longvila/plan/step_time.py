@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from longvila.plan.hardware import Device
-from longvila.plan.layout import Layout, kv_replication
+from longvila.plan.layout import Layout
 from longvila.plan.model_shape import ModelShape
 from longvila.plan.workload import TrainingChoices, Workload
 
@@ -76,15 +76,13 @@ def predict_step_time(shape: ModelShape, layout: Layout, workload: Workload, cho
 
     layer_weights = shape.layer_params * shape.num_layers
     passes = 1 + recompute + 1 + shape.trainable_llm_fraction  # forward, recompute, input grads, weight grads
-    head = shape.vocab_size * shape.hidden_size * (2 + (1 if shape.head_trainable else 0))
+    head = shape.lm_head_elements * (2 + (1 if shape.head_trainable else 0))
     dense = 2 * local * (layer_weights * passes + head)
     attention_fwd = 4 * tokens ** 2 * shape.num_q_heads * shape.head_dim * 0.5 * shape.num_layers
     attention = attention_fwd * (1 + recompute + BACKWARD_ATTENTION_RATIO) / layout.sp
     vision = _vision_flops(shape, layout, workload, choices, recompute)
 
-    q_width = shape.num_q_heads * shape.head_dim
-    kv_width = shape.num_kv_heads * shape.head_dim * kv_replication(shape.num_q_heads, shape.num_kv_heads,
-                                                                    layout.ulysses)
+    q_width, kv_width = shape.attention_widths(layout.ulysses)
     ulysses = 0.0
     if layout.ulysses > 1:
         per_layer = local * (2 * q_width + 2 * kv_width) * act * (layout.ulysses - 1) / layout.ulysses

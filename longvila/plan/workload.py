@@ -26,7 +26,9 @@ class Workload:
         """Each frame is its projected tokens plus one newline embedding (VILA's video layout)."""
         if frames < 1:
             raise ValueError(f"--num_video_frames must be at least 1, got {frames}")
-        return cls(tokens=frames * (tokens_per_frame + 1) + text_tokens, frames=frames)
+        from longvila.model.media_expansion import video_positions
+
+        return cls(tokens=video_positions(frames, tokens_per_frame) + text_tokens, frames=frames)
 
 
 @dataclass(frozen=True)
