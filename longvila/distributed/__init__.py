@@ -5,7 +5,7 @@ Everything here is tensor-level and model-agnostic; the model plugs it in throug
 """
 
 from .attention import AttentionDispatcher, sequence_parallel_attention
-from .block_attention import available_backends, block_attention, get_block_backend, register_block_backend
+from .block_attention import available_backends, block_attention, get_block_backend
 from .loss import mean_loss, normalised_loss
 from .lse import merge_attention, normalise_lse
 from .mesh import ProcessGroups, SequenceParallelConfig, build_mesh, check_heads, mesh_ranks
@@ -47,7 +47,6 @@ __all__ = [
     "normalise_lse",
     "normalised_loss",
     "pad_to_multiple",
-    "register_block_backend",
     "ring_attention",
     "segment_ids_from_position_ids",
     "sequence_indices",

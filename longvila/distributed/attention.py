@@ -24,7 +24,7 @@ import torch
 
 from longvila.model.attention import local_attention
 
-from .block_attention import block_attention
+from .block_attention import TorchBackend, block_attention, get_block_backend
 from .mesh import ProcessGroups, SequenceParallelConfig
 from .ring import ring_attention
 from .sharding import segment_ids_from_position_ids
@@ -63,13 +63,17 @@ class AttentionDispatcher:
     ``position_ids`` kwarg (positions restart at 0 per document). ``attention_mask`` must be None: the model passes
     ``{"full_attention": None}`` so no O(S^2) mask is built; padding is a separate document at the end.
 
+    ``backend`` is a block-backend name or object (:func:`~longvila.distributed.block_attention.get_block_backend`),
+    resolved here once; a custom backend is just an object given to the dispatcher.
+
     Without SP on the torch backend the local path (``longvila/model/attention.py``) runs SDPA per document; a
     KV-cache decode step (fewer queries than keys) always runs there, as cached decoding only runs unsharded.
     """
 
     def __init__(self, cfg: SequenceParallelConfig | None = None, groups: ProcessGroups | None = None,
                  backend="torch"):
-        self.cfg, self.groups, self.backend = cfg or SequenceParallelConfig(), groups, backend
+        self.cfg, self.groups = cfg or SequenceParallelConfig(), groups
+        self.backend = get_block_backend(backend)  # resolved once: every layer and step reuses this object
 
     def __call__(self, module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, segment_ids=None,
                  position_ids=None, sliding_window=None, **_kwargs):
@@ -80,7 +84,7 @@ class AttentionDispatcher:
             raise ValueError(f"longvila attention does not implement attention dropout (got {dropout})")
         if sliding_window is not None:
             raise ValueError(f"longvila attention does not implement sliding windows (got {sliding_window})")
-        local = not self.cfg.enabled and self.backend == "torch"
+        local = not self.cfg.enabled and isinstance(self.backend, TorchBackend)
         if local or query.shape[2] != key.shape[2]:
             return local_attention(query, key, value, scale=scaling, position_ids=position_ids), None
         if segment_ids is None:

@@ -10,7 +10,9 @@ Contract of every block backend, layout (B, H, S, D) like HF attention functions
 * k/v may have fewer heads than q (GQA: q head h uses kv head ``h // (Hq // Hkv)``, HF's ``repeat_kv`` order);
   dk/dv come back with the kv head count.
 * Segment ids (B, S) int: a query only sees keys of the same segment (packed documents).
-* ``causal``: key index <= query index inside the block; callers only pass square diagonal blocks as causal.
+* ``causal``: key index <= query index inside the block, aligned top-left when Sq != Sk (query 0 sees key 0; the
+  Triton kernel's rule). Ring attention only passes square diagonal blocks as causal; the fused ops that align a
+  non-square causal block bottom-right (libtorch's CUDA flash op, flash-attn) are not given one.
 * ``backward`` receives the *global* ``out``/``lse`` of the row (after ring merging), not the block's own. That
   is what makes per-block gradients sum to the exact full-attention gradient: P = exp(S - lse_global) and the
   row term D = rowsum(dout * out_global).
@@ -25,6 +27,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import torch
@@ -58,8 +62,6 @@ def check_block_inputs(q, k, v, causal: bool, q_segment_ids=None, k_segment_ids=
     hkv, sk = k.shape[1], k.shape[2]
     if hq % hkv != 0:
         raise ValueError(f"q heads {hq} are not a multiple of kv heads {hkv}")
-    if causal and sq != sk:
-        raise ValueError(f"causal block attention needs a square block, got Sq={sq} Sk={sk}")
     if (q_segment_ids is None) != (k_segment_ids is None):
         raise ValueError("q_segment_ids and k_segment_ids must be given together")
     if q_segment_ids is not None:
@@ -96,7 +98,11 @@ def _reduce_kv(t: torch.Tensor, n_rep: int) -> torch.Tensor:
 
 
 class MathBackend:
-    """Explicit O(S^2) reference in fp32 (fp64 for fp64 inputs); handles every mask, empty rows included."""
+    """Explicit O(S^2) reference in fp32 (fp64 for fp64 inputs); handles every mask, empty rows included.
+
+    Also the oracle the kernel tests compare against (in fp64): differentiable through autograd, so one
+    implementation defines the contract's semantics for every backend.
+    """
 
     name = "math"
     merge = staticmethod(merge_attention)
@@ -236,7 +242,8 @@ class DocumentSplitBackend:
     it does not apply. A block without segment ids is one call of the op. A block with segment ids (packed
     documents) is split into one mask-free sub-block per document (:func:`document_pieces`): the cost is the sum
     of the documents' squares and no (Sq, Sk) tensor is built. Reading the ids to find the documents is a device
-    sync on CUDA. Ids that are not contiguous runs, and inputs the op does not take, use :class:`MathBackend`.
+    sync on CUDA. Ids that are not contiguous runs, causal blocks with Sq != Sk (the fused ops align those
+    bottom-right, the contract top-left), and inputs the op does not take, use :class:`MathBackend`.
     """
 
     name = ""
@@ -249,9 +256,9 @@ class DocumentSplitBackend:
         """(forward, backward) of the fused op for these queries, or None to use the math path."""
         raise NotImplementedError
 
-    def _route(self, q, q_segment_ids, k_segment_ids=None, causal: bool = False):
+    def _route(self, q, k, causal: bool, q_segment_ids, k_segment_ids):
         """``(route, pieces)``: route is "flash" (whole block), "documents" (per-document pieces) or "math"."""
-        if self._dense_ops(q) is None:
+        if self._dense_ops(q) is None or (causal and q.shape[2] != k.shape[2]):
             return "math", None
         if q_segment_ids is None:
             return "flash", None
@@ -260,7 +267,7 @@ class DocumentSplitBackend:
 
     def forward(self, q, k, v, *, causal, scale, q_segment_ids=None, k_segment_ids=None):
         check_block_inputs(q, k, v, causal, q_segment_ids, k_segment_ids)
-        route, pieces = self._route(q, q_segment_ids, k_segment_ids, causal)
+        route, pieces = self._route(q, k, causal, q_segment_ids, k_segment_ids)
         if route == "math":
             return self._math.forward(q, k, v, causal=causal, scale=scale, q_segment_ids=q_segment_ids,
                                       k_segment_ids=k_segment_ids)
@@ -279,7 +286,7 @@ class DocumentSplitBackend:
 
     def backward(self, dout, q, k, v, out, lse, *, causal, scale, q_segment_ids=None, k_segment_ids=None):
         check_block_inputs(q, k, v, causal, q_segment_ids, k_segment_ids)
-        route, pieces = self._route(q, q_segment_ids, k_segment_ids, causal)
+        route, pieces = self._route(q, k, causal, q_segment_ids, k_segment_ids)
         if route == "math":
             return self._math.backward(dout, q, k, v, out, lse, causal=causal, scale=scale,
                                        q_segment_ids=q_segment_ids, k_segment_ids=k_segment_ids)
@@ -413,39 +420,35 @@ class FlashAttnBackend(DocumentSplitBackend):  # the real package needs CUDA; te
         return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
 
 
-_FACTORIES: dict[str, Any] = {
+_FACTORIES: Mapping[str, Callable[[], Any]] = MappingProxyType({
     "math": MathBackend,
     "torch": TorchBackend,
     "triton": TritonBackend,
     "flash_attn": FlashAttnBackend,
-}
-_INSTANCES: dict[str, Any] = {}
-
-
-def register_block_backend(name: str, backend: Any) -> None:
-    """Register (or replace) a backend object with ``.forward``/``.backward`` under ``name``."""
-    if not (callable(getattr(backend, "forward", None)) and callable(getattr(backend, "backward", None))):
-        raise ValueError(f"block backend {name!r} must have callable .forward and .backward")
-    _INSTANCES[name] = backend
+})
 
 
 def available_backends() -> list[str]:
     """Names that :func:`get_block_backend` knows (``triton``/``flash_attn`` may still fail to import)."""
-    return sorted(set(_FACTORIES) | set(_INSTANCES))
+    return sorted(_FACTORIES)
 
 
-def get_block_backend(name: str | Any = "torch"):
-    """The backend registered under ``name`` (instantiated once); a backend object is returned unchanged."""
-    if not isinstance(name, str):
-        methods = getattr(name, "forward", None), getattr(name, "backward", None)
+def get_block_backend(backend: str | Any = "torch"):
+    """A new backend object for a name; a backend object (anything with callable ``.forward``/``.backward``) is
+    returned unchanged.
+
+    Nothing is cached here: the model's :class:`~longvila.distributed.attention.AttentionDispatcher` resolves its
+    backend once at construction and passes the object down, so a custom backend is simply an object handed to
+    the dispatcher, and no process-wide registry can leak between models or tests.
+    """
+    if not isinstance(backend, str):
+        methods = getattr(backend, "forward", None), getattr(backend, "backward", None)
         if not all(callable(f) for f in methods):
-            raise ValueError(f"block backend {name!r} must have callable .forward and .backward")
-        return name
-    if name not in _INSTANCES:
-        if name not in _FACTORIES:
-            raise ValueError(f"unknown attention block backend {name!r}; expected one of {available_backends()}")
-        _INSTANCES[name] = _FACTORIES[name]()
-    return _INSTANCES[name]
+            raise ValueError(f"block backend {backend!r} must have callable .forward and .backward")
+        return backend
+    if backend not in _FACTORIES:
+        raise ValueError(f"unknown attention block backend {backend!r}; expected one of {available_backends()}")
+    return _FACTORIES[backend]()
 
 
 class _BlockAttentionFn(torch.autograd.Function):

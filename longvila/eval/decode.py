@@ -17,12 +17,12 @@ from __future__ import annotations
 import torch
 
 from longvila.constants import IGNORE_INDEX
-from longvila.model.loss import fp32_logits
+from longvila.model.loss import lm_head_logits
 
 
 def _next_token(hidden: torch.Tensor, weight: torch.Tensor) -> int:
     """Argmax of the logits at the last position (the same fp32 arithmetic as teacher-forced scoring)."""
-    return int(fp32_logits(hidden[0, -1:], weight).argmax())
+    return int(lm_head_logits(hidden[0, -1:], weight).argmax())
 
 
 def cached_greedy_generate(model, prompt_ids: torch.Tensor, stop_ids: set[int], max_new_tokens: int,

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from longvila.constants import IGNORE_INDEX
-from longvila.model.loss import fp32_logits
+from longvila.model.loss import lm_head_logits
 
 if TYPE_CHECKING:  # annotations only: the runtime module imports this one
     from longvila.eval.runtime import EvalRuntime
@@ -55,7 +55,7 @@ class ArgmaxAtTargets:
 
     def __call__(self, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor):
         keep = labels != IGNORE_INDEX
-        logits = fp32_logits(hidden[keep], weight)
+        logits = lm_head_logits(hidden[keep], weight)
         self.pred = torch.full_like(labels, -1)
         self.nll = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
         if logits.shape[0]:

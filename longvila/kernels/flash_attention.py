@@ -5,7 +5,8 @@ backward runs against an *externally supplied* (global) ``out``/``lse``; it also
 GPU, with packed documents expressed as segment ids (no O(S^2) mask is ever built).
 
 Layout ``(B, H, S, D)`` (HF's attention-function layout; any strides). Contract (the block-backend contract of
-``longvila/distributed/block_attention.py``)::
+``longvila/distributed/block_attention.py``, whose ``MathBackend`` is the reference these kernels are tested
+against)::
 
     flash_attn_forward(q, k, v, *, causal, scale, q_segment_ids=None, k_segment_ids=None) -> (out, lse)
     flash_attn_backward(dout, q, k, v, out, lse, *, causal, scale, q_segment_ids=None, k_segment_ids=None)
@@ -13,7 +14,8 @@ Layout ``(B, H, S, D)`` (HF's attention-function layout; any strides). Contract 
 
 Semantics:
 - ``causal``: key index ``j`` is visible to query index ``i`` iff ``j <= i``. When ``Sq != Sk`` the mask is aligned
-  **top-left** (query 0 sees key 0); ring attention only passes square diagonal blocks as causal.
+  **top-left** (query 0 sees key 0), as the block-backend contract says; ring attention only passes square
+  diagonal blocks as causal.
 - GQA: ``k``/``v`` may have fewer heads (``Hq % Hkv == 0``); query head ``h`` reads kv head ``h // (Hq // Hkv)``
   straight from memory (kv is never repeated); dk/dv come back with ``Hkv`` heads.
 - Segment ids ``(B, Sq)`` / ``(B, Sk)`` int: a query sees only keys with an equal id. When ids are non-decreasing
@@ -48,44 +50,6 @@ from ._triton import (
 LOG2E = 1.4426950408889634
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_HEAD_DIM = 256
-
-
-# --------------------------------------------------------------------------------------------------------------
-# torch reference
-# --------------------------------------------------------------------------------------------------------------
-def attention_reference(q, k, v, *, causal, scale, q_segment_ids=None, k_segment_ids=None):
-    """Plain-torch attention with the same semantics; computes in float64 when given float64 (tests' oracle).
-
-    Returns ``(out, lse)`` with ``lse`` natural-log, -inf (and ``out`` 0) for rows that see no key. Differentiable.
-    """
-    _, hq, sq, _ = q.shape
-    hkv, sk = k.shape[1], k.shape[2]
-    group = hq // hkv
-    kr = k.repeat_interleave(group, dim=1)
-    vr = v.repeat_interleave(group, dim=1)
-    s = torch.matmul(q, kr.transpose(-1, -2)) * scale
-    visible = _visibility(sq, sk, causal, q_segment_ids, k_segment_ids, q.device)
-    if visible is not None:
-        s = s.masked_fill(~visible, float("-inf"))
-    lse = torch.logsumexp(s, dim=-1)
-    empty = torch.isinf(lse) & (lse < 0)
-    p = torch.exp(s - torch.where(empty, torch.zeros_like(lse), lse)[..., None])
-    out = torch.matmul(p, vr)
-    return out, lse
-
-
-def _visibility(sq, sk, causal, q_seg, k_seg, device):
-    """Boolean (B or 1, 1, Sq, Sk) mask of visible keys, or None when everything is visible."""
-    visible = None
-    if causal:
-        i = torch.arange(sq, device=device)[:, None]
-        j = torch.arange(sk, device=device)[None, :]
-        visible = (j <= i)[None, None]
-    if q_seg is not None:
-        q_seg, k_seg = q_seg.to(device), k_seg.to(device)
-        same = (q_seg[:, :, None] == k_seg[:, None, :])[:, None]
-        visible = same if visible is None else visible & same
-    return visible
 
 
 # --------------------------------------------------------------------------------------------------------------

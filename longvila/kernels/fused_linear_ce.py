@@ -17,17 +17,9 @@ from __future__ import annotations
 
 import torch
 
+from longvila.constants import IGNORE_INDEX
+
 from ._triton import check_launchable, interpreting, next_power_of_2, tl, triton, triton_usable
-
-IGNORE_INDEX = -100
-
-
-def linear_cross_entropy_reference(hidden, weight, labels, ignore_index: int = IGNORE_INDEX):
-    """Naive reference: full fp32 logits, summed token cross-entropy and the supervised-token count."""
-    logits = hidden.reshape(-1, hidden.shape[-1]).float() @ weight.float().t()
-    flat = labels.reshape(-1)
-    loss = torch.nn.functional.cross_entropy(logits, flat, ignore_index=ignore_index, reduction="sum")
-    return loss, (flat != ignore_index).sum()
 
 
 @triton.jit

@@ -52,16 +52,19 @@ def count_supervised_tokens(batch) -> int:
     return int((shift_labels(batch["labels"], batch.get("position_ids")) != IGNORE_INDEX).sum())
 
 
-def fp32_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """LM-head logits of (N, H) ``hidden`` against (V, H) ``weight`` in fp32: the one arithmetic that the reference
-    loss, teacher-forced scoring and cached decoding share, so that their argmaxes agree."""
-    return hidden.float() @ weight.float().t()
+def lm_head_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """LM-head logits of (N, H) ``hidden`` against (V, H) ``weight`` in fp32 (fp64 for fp64 inputs, which only the
+    kernel tests' oracle passes): the one arithmetic that the reference loss, teacher-forced scoring and cached
+    decoding share, so that their argmaxes agree."""
+    dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    return hidden.to(dtype) @ weight.to(dtype).t()
 
 
 def cross_entropy_sum(
     hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Naive reference: fp32 logits of the supervised positions only, CE summed.
+    """Naive reference: fp32 logits of the supervised positions only, CE summed (``--loss_impl naive``, and in fp64
+    the oracle of the chunked and fused losses' tests).
 
     hidden (..., H), weight (V, H), labels (...) already shifted. With no supervised token the result is an fp32
     0.0 that is still connected to ``hidden`` and ``weight`` (zero grads, never NaN).
@@ -71,7 +74,7 @@ def cross_entropy_sum(
     flat_labels = labels.reshape(-1)
     keep = flat_labels != IGNORE_INDEX
     h = hidden.reshape(-1, hidden.shape[-1])[keep]
-    logits = fp32_logits(h, weight)
+    logits = lm_head_logits(h, weight)
     loss_sum = F.cross_entropy(logits, flat_labels[keep], reduction="sum")
     return loss_sum, keep.sum().to(torch.int64)
 

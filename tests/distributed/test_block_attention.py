@@ -15,7 +15,6 @@ from longvila.distributed.block_attention import (
     available_backends,
     block_attention,
     get_block_backend,
-    register_block_backend,
 )
 from longvila.distributed.lse import merge_attention
 
@@ -128,8 +127,6 @@ def test_blockwise_forward_and_backward_against_global_lse(backend):
 def test_contract_validation_errors():
     q, k, v, seg = _inputs()
     be = get_block_backend("math")
-    with pytest.raises(ValueError, match="square"):
-        be.forward(q[:, :, :5], k, v, causal=True, scale=1.0)
     with pytest.raises(ValueError, match="together"):
         be.forward(q, k, v, causal=False, scale=1.0, q_segment_ids=seg)
     with pytest.raises(ValueError, match="not a multiple of kv heads"):
@@ -137,7 +134,28 @@ def test_contract_validation_errors():
     with pytest.raises(ValueError, match="unknown attention block backend 'nope'"):
         get_block_backend("nope")
     with pytest.raises(ValueError, match="callable"):
-        register_block_backend("broken", object())
+        get_block_backend(object())
+
+
+@pytest.mark.parametrize("backend", ["math", "torch"])
+@pytest.mark.parametrize("sq,sk", [(5, 24), (24, 9)])
+def test_causal_non_square_block_is_top_left_aligned(backend, sq, sk):
+    """Query i sees keys 0..i whatever the block's shape (the Triton kernel's rule); the torch backend, whose
+    fused ops would align such a block bottom-right, must agree with an explicit mask."""
+    q, k, v, seg = _inputs()
+    q, k, v = q[:, :, :sq], k[:, :, :sk], v[:, :, :sk]
+    mask = torch.arange(sk)[None, :] <= torch.arange(sq)[:, None]
+    want_lse = torch.logsumexp((q @ k.repeat_interleave(2, 1).transpose(-1, -2) * 0.3).masked_fill(~mask, -torch.inf),
+                               dim=-1)
+    want = torch.softmax((q @ k.repeat_interleave(2, 1).transpose(-1, -2) * 0.3).masked_fill(~mask, -torch.inf),
+                         dim=-1) @ v.repeat_interleave(2, 1)
+    out, lse = get_block_backend(backend).forward(q, k, v, causal=True, scale=0.3)
+    torch.testing.assert_close(out, want, atol=1e-12, rtol=0)
+    torch.testing.assert_close(lse, want_lse, atol=1e-12, rtol=0)
+    if sq < sk:  # the first sq rows of the square block over the same keys
+        square, _ = get_block_backend(backend).forward(torch.cat([q, k.repeat_interleave(2, 1)[:, :, sq:]], 2), k, v,
+                                                       causal=True, scale=0.3)
+        torch.testing.assert_close(out, square[:, :, :sq], atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("hkv,s,d", [(4, 100, 64), (2, 37, 80), (1, 5, 128)])
@@ -156,16 +174,17 @@ def test_cuda_flash_op_binding_on_meta_tensors(hkv, s, d):
 
 def test_torch_backend_routes():
     q = torch.zeros(1, 2, 6, 8, dtype=torch.bfloat16)
+    route = TorchBackend()._route
     sorted_ids, scattered = torch.tensor([[1, 1, 2, 2, 2, 3]]), torch.tensor([[1, 2, 1, 2, 2, 3]])
-    assert TorchBackend()._route(q, None) == ("flash", None)
-    assert TorchBackend()._route(q, sorted_ids, sorted_ids, True) == ("documents", [[(0, 2, 0, 2), (2, 5, 2, 5),
-                                                                                   (5, 6, 5, 6)]])
-    assert TorchBackend()._route(q, scattered, scattered, True) == ("math", None)  # document 1 is not one run
+    assert route(q, q, False, None, None) == ("flash", None)
+    assert route(q, q, True, sorted_ids, sorted_ids) == ("documents", [[(0, 2, 0, 2), (2, 5, 2, 5), (5, 6, 5, 6)]])
+    assert route(q, q, True, scattered, scattered) == ("math", None)  # document 1 is not one run
     # Causal pieces must sit on the block's diagonal; non-causal ones may pair any ranges of one document.
     shifted = torch.tensor([[1, 2, 2, 2, 3, 3]])
-    assert TorchBackend()._route(q, sorted_ids, shifted, True) == ("math", None)
-    assert TorchBackend()._route(q, sorted_ids, shifted, False)[1] == [[(0, 2, 0, 1), (2, 5, 1, 4), (5, 6, 4, 6)]]
-    assert TorchBackend()._route(q.to("meta"), None) == ("math", None)  # neither CPU nor CUDA: the explicit path
+    assert route(q, q, True, sorted_ids, shifted) == ("math", None)
+    assert route(q, q, False, sorted_ids, shifted)[1] == [[(0, 2, 0, 1), (2, 5, 1, 4), (5, 6, 4, 6)]]
+    assert route(q.to("meta"), q, False, None, None) == ("math", None)  # neither CPU nor CUDA: the explicit path
+    assert route(q[:, :, :4], q, True, None, None) == ("math", None)  # fused ops align non-square causal otherwise
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -176,7 +195,7 @@ def test_packed_blocks_in_low_precision_match_float64(dtype):
     ref_out, ref_grads = _ref_grads(q, k, v, seg, True, 0.25, dout)
     be = TorchBackend()
     lq, lk, lv, ld = (t.to(dtype) for t in (q, k, v, dout))
-    assert be._route(lq, seg, seg, True)[0] == "documents"
+    assert be._route(lq, lk, True, seg, seg)[0] == "documents"
     out, lse = be.forward(lq, lk, lv, causal=True, scale=0.25, q_segment_ids=seg, k_segment_ids=seg)
     grads = be.backward(ld, lq, lk, lv, out, lse, causal=True, scale=0.25, q_segment_ids=seg, k_segment_ids=seg)
     out_tol, grad_tol = (2e-6, 8e-6) if dtype == torch.float32 else (3e-2, 6e-2)  # bf16: ~8 bits of mantissa
@@ -267,12 +286,31 @@ def test_flash_attn_backend_refuses_what_the_package_cannot_take(monkeypatch):
         be.forward(q, k, v, causal=True, scale=0.3)
 
 
-def test_registry():
+def test_backend_lookup_and_custom_backend_in_the_dispatcher():
+    """Names build a backend, objects pass through, and a dispatcher resolves its backend once and uses that very
+    object for every call: a custom backend needs no process-wide registration."""
+    from longvila.distributed.attention import AttentionDispatcher
+
     assert {"math", "torch", "triton", "flash_attn"} <= set(available_backends())
-    assert get_block_backend("math") is get_block_backend("math")
-    custom = MathBackend()
-    register_block_backend("custom-math", custom)
-    assert get_block_backend("custom-math") is custom and get_block_backend(custom) is custom
+    assert isinstance(get_block_backend("math"), MathBackend) and isinstance(get_block_backend(), TorchBackend)
+
+    class Counting(MathBackend):
+        calls = 0
+
+        def forward(self, *args, **kwargs):
+            self.calls += 1
+            return super().forward(*args, **kwargs)
+
+    custom = Counting()
+    assert get_block_backend(custom) is custom
+    dispatcher = AttentionDispatcher(backend=custom)
+    assert dispatcher.backend is custom
+    q, k, v, _ = _inputs()
+    module = torch.nn.Module()
+    out, _ = dispatcher(module, q, k, v, scaling=0.3)
+    out2, _ = AttentionDispatcher(backend="math")(module, q, k, v, scaling=0.3)
+    assert custom.calls == 1
+    torch.testing.assert_close(out, out2, atol=0, rtol=0)
 
 
 def test_optional_backends_fail_clearly():
@@ -322,7 +360,7 @@ def test_cuda_backends_match_cpu_reference(backend, dtype):
         cs = None if s is None else s.cuda()
         if backend == "torch":
             want_route = "math" if dtype == torch.float32 else ("flash" if s is None else "documents")
-            assert TorchBackend()._route(cq, cs, cs, causal)[0] == want_route
+            assert TorchBackend()._route(cq, ck, causal, cs, cs)[0] == want_route
         out, lse = be.forward(cq, ck, cv, causal=causal, scale=0.125, q_segment_ids=cs, k_segment_ids=cs)
         assert lse.dtype == torch.float32 and lse.shape == q.shape[:3]
         torch.testing.assert_close(out.double().cpu(), ref_out, atol=tol, rtol=0)

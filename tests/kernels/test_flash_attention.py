@@ -19,10 +19,12 @@ import tempfile
 import pytest
 import torch
 
+from longvila.distributed.block_attention import MathBackend
 from longvila.kernels import flash_attention as fa
 from longvila.kernels.lse_merge import lse_merge
 
 GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+REFERENCE = MathBackend()  # the block-backend contract's explicit implementation; fp64 when given fp64
 TOL = {torch.float32: 2e-4, torch.float16: 4e-3, torch.bfloat16: 3e-2}
 
 
@@ -33,7 +35,7 @@ def _segments(make, b, s, n_docs):
 
 def _reference(q, k, v, dout, causal, scale, qs, ks):
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
-    out, lse = fa.attention_reference(q64, k64, v64, causal=causal, scale=scale, q_segment_ids=qs, k_segment_ids=ks)
+    out, lse = REFERENCE.forward(q64, k64, v64, causal=causal, scale=scale, q_segment_ids=qs, k_segment_ids=ks)
     out.backward(dout.double())
     return out, lse, q64.grad, k64.grad, v64.grad
 
@@ -358,7 +360,7 @@ def test_bf16_large_matches_fp32_reference(make, causal, n_docs, hkv):
     dq, dk, dv = fa.flash_attn_backward(dout, q, k, v, out, lse, causal=causal, scale=scale, q_segment_ids=seg,
                                         k_segment_ids=seg)
     q32, k32, v32 = (t.float().requires_grad_() for t in (q, k, v))
-    r_out, r_lse = fa.attention_reference(q32, k32, v32, causal=causal, scale=scale, q_segment_ids=seg,
+    r_out, r_lse = REFERENCE.forward(q32, k32, v32, causal=causal, scale=scale, q_segment_ids=seg,
                                           k_segment_ids=seg)
     r_out.backward(dout.float())
     _assert_close("out", out, r_out.double(), 2e-2, make)
