@@ -7,7 +7,6 @@ import sys
 import pytest
 
 from longvila.cli import START_FLAGS, run_pipeline, stage_spec, without_flags
-from longvila.stages.common import run_stage
 from tests.hf_parts import write_hf_parts
 from tests.stages.conftest import STAGE_DATA
 
