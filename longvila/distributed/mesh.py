@@ -136,17 +136,12 @@ class MeshCoordinates:
     def sp_config(self) -> SequenceParallelConfig:
         raise NotImplementedError
 
-    @property
-    def dp_size(self) -> int:
-        return self.world_size // self.sp_config.sp_size
-
-    @property
-    def dp_rank(self) -> int:
-        return self.rank // self.sp_config.sp_size
-
-    @property
-    def sp_rank(self) -> int:
-        return self.rank % self.sp_config.sp_size
+    # Every coordinate is an int derived from the rank: g = dp_rank * SP + sp_rank, sp_rank = ring_rank * U + u.
+    dp_size = property(lambda self: self.world_size // self.sp_config.sp_size)
+    dp_rank = property(lambda self: self.rank // self.sp_config.sp_size)
+    sp_rank = property(lambda self: self.rank % self.sp_config.sp_size)
+    ring_rank = property(lambda self: self.sp_rank // self.sp_config.ulysses_size)
+    ulysses_rank = property(lambda self: self.sp_rank % self.sp_config.ulysses_size)
 
 
 @dataclass
@@ -172,14 +167,6 @@ class ProcessGroups(MeshCoordinates):
     @property
     def sp_config(self) -> SequenceParallelConfig:
         return self.cfg
-
-    @property
-    def ring_rank(self) -> int:
-        return self.sp_rank // self.cfg.ulysses_size
-
-    @property
-    def ulysses_rank(self) -> int:
-        return self.sp_rank % self.cfg.ulysses_size
 
 
 @dataclass(frozen=True)

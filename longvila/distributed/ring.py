@@ -77,6 +77,22 @@ def _seg(seg, sl):
     return None if seg is None else seg[:, sl]
 
 
+def _pass_kv_on(comm, step: int, kv, kseg):
+    """Start sending this step's k/v (and key segment ids) to the next rank; None on the last step."""
+    if step + 1 >= comm.world:
+        return None
+    return comm.exchange([(kv, _TAG_KV)] + ([] if kseg is None else [(kseg, _TAG_SEG)]))
+
+
+def _receive_kv(comm, pending, kv, kseg):
+    """The previous rank's k/v and key segment ids once :func:`_pass_kv_on`'s exchange completes."""
+    if pending is None:
+        return kv, kseg
+    bufs, reqs = pending
+    comm.wait(reqs)
+    return bufs[0], (bufs[1] if kseg is not None else None)
+
+
 def _ring_forward(q, k, v, seg, scale, causal, zigzag, comm, backend):
     seq = q.shape[2]
     acc_out = acc_lse = None
@@ -84,10 +100,7 @@ def _ring_forward(q, k, v, seg, scale, causal, zigzag, comm, backend):
     kseg = None if seg is None else seg.contiguous()
     merge = getattr(backend, "merge", merge_attention)  # a backend without its own merge uses the torch one
     for step in range(comm.world):
-        pending = None
-        if step + 1 < comm.world:
-            msgs = [(kv, _TAG_KV)] + ([] if kseg is None else [(kseg, _TAG_SEG)])
-            pending = comm.exchange(msgs)
+        pending = _pass_kv_on(comm, step, kv, kseg)
         plan = _block_plan(step, comm.rank, comm.world, seq, causal, zigzag)
         if plan is not None:
             qs, ks, blk_causal = plan
@@ -95,11 +108,7 @@ def _ring_forward(q, k, v, seg, scale, causal, zigzag, comm, backend):
                                        scale=scale, q_segment_ids=_seg(seg, qs), k_segment_ids=_seg(kseg, ks))
             rows = None if (qs.start == 0 and qs.stop == seq) else qs
             acc_out, acc_lse = merge_into(acc_out, acc_lse, out, lse, rows=rows, merge=merge)
-        if pending is not None:
-            bufs, reqs = pending
-            comm.wait(reqs)
-            kv = bufs[0]
-            kseg = bufs[1] if kseg is not None else None
+        kv, kseg = _receive_kv(comm, pending, kv, kseg)
     return acc_out, acc_lse
 
 
@@ -112,10 +121,7 @@ def _ring_backward(dout, q, k, v, out, lse, seg, scale, causal, zigzag, comm, ba
     dkv_pending = None
     dkv = None
     for step in range(comm.world):
-        kv_pending = None
-        if step + 1 < comm.world:
-            msgs = [(kv, _TAG_KV)] + ([] if kseg is None else [(kseg, _TAG_SEG)])
-            kv_pending = comm.exchange(msgs)
+        kv_pending = _pass_kv_on(comm, step, kv, kseg)
         plan = _block_plan(step, comm.rank, comm.world, seq, causal, zigzag)
         grads = None
         if plan is not None:
@@ -138,11 +144,7 @@ def _ring_backward(dout, q, k, v, out, lse, seg, scale, causal, zigzag, comm, ba
         if comm.world > 1:
             # Hand this kv's gradient accumulator on; after the last step it reaches the kv's owner.
             dkv_pending = comm.exchange([(dkv, _TAG_DKV)])
-        if kv_pending is not None:
-            bufs, reqs = kv_pending
-            comm.wait(reqs)
-            kv = bufs[0]
-            kseg = bufs[1] if kseg is not None else None
+        kv, kseg = _receive_kv(comm, kv_pending, kv, kseg)
     if comm.world > 1:
         bufs, reqs = dkv_pending
         comm.wait(reqs)

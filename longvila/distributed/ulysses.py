@@ -3,7 +3,7 @@
 Each of the U ranks of a ulysses group holds all heads of its sequence shard. One all-to-all per tensor turns
 that into 1/U of the heads for the group's whole sequence, attention runs locally (or, in 2D attention, as ring
 attention across ulysses groups), and the reverse all-to-all restores sequence shards. The backward of an
-all-to-all is the reverse all-to-all, so both directions are one :class:`torch.autograd.Function` each.
+all-to-all is the reverse all-to-all, so one :class:`torch.autograd.Function` serves both directions.
 
 Piece order. A rank's local sequence may consist of ``num_pieces`` equal, non-adjacent pieces (2 under the zigzag
 layout: a slice of chunk r and a slice of chunk 2R-1-r). Gathering must place all ranks' slices of piece 0 first,
@@ -67,30 +67,28 @@ def heads_to_seq(x: torch.Tensor, group, num_pieces: int = 1) -> torch.Tensor:
     return recv.transpose(0, 1).reshape(b, u * hu, p * sub, d)
 
 
-class SeqToHeads(torch.autograd.Function):
-    """Scatter heads / gather sequence; backward is :func:`heads_to_seq`."""
+class _AllToAll(torch.autograd.Function):
+    """One all-to-all between the sequence and head layouts; its backward is the opposite all-to-all."""
 
     @staticmethod
-    def forward(ctx, x, group, num_pieces):
-        ctx.group, ctx.num_pieces = group, num_pieces
-        return seq_to_heads(x, group, num_pieces)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return heads_to_seq(grad, ctx.group, ctx.num_pieces), None, None
-
-
-class HeadsToSeq(torch.autograd.Function):
-    """Gather heads / scatter sequence; backward is :func:`seq_to_heads`."""
-
-    @staticmethod
-    def forward(ctx, x, group, num_pieces):
-        ctx.group, ctx.num_pieces = group, num_pieces
-        return heads_to_seq(x, group, num_pieces)
+    def forward(ctx, x, group, num_pieces, to_heads):
+        ctx.group, ctx.num_pieces, ctx.to_heads = group, num_pieces, to_heads
+        return (seq_to_heads if to_heads else heads_to_seq)(x, group, num_pieces)
 
     @staticmethod
     def backward(ctx, grad):
-        return seq_to_heads(grad, ctx.group, ctx.num_pieces), None, None
+        opposite = heads_to_seq if ctx.to_heads else seq_to_heads
+        return opposite(grad, ctx.group, ctx.num_pieces), None, None, None
+
+
+def scatter_heads(x: torch.Tensor, group, num_pieces: int = 1) -> torch.Tensor:
+    """Differentiable :func:`seq_to_heads` (backward: :func:`heads_to_seq`)."""
+    return _AllToAll.apply(x, group, num_pieces, True)
+
+
+def gather_heads(x: torch.Tensor, group, num_pieces: int = 1) -> torch.Tensor:
+    """Differentiable :func:`heads_to_seq` (backward: :func:`seq_to_heads`)."""
+    return _AllToAll.apply(x, group, num_pieces, False)
 
 
 def gather_segment_ids(segment_ids: torch.Tensor, group, num_pieces: int = 1) -> torch.Tensor:
@@ -129,12 +127,10 @@ def ulysses_attention(q, k, v, *, scale: float, causal: bool = True, segment_ids
     if rep > 1:
         k, v = replicate_kv_heads(k, u), replicate_kv_heads(v, u)
     seg = None if segment_ids_local is None else gather_segment_ids(segment_ids_local, group, num_pieces)
-    qh = SeqToHeads.apply(q, group, num_pieces)
-    kh = SeqToHeads.apply(k, group, num_pieces)
-    vh = SeqToHeads.apply(v, group, num_pieces)
+    qh, kh, vh = (scatter_heads(t, group, num_pieces) for t in (q, k, v))
     if inner_attention is None:
         out = block_attention(qh, kh, vh, causal=causal, scale=scale, q_segment_ids=seg, k_segment_ids=seg,
                               backend=backend)
     else:
         out = inner_attention(qh, kh, vh, seg)
-    return HeadsToSeq.apply(out, group, num_pieces)
+    return gather_heads(out, group, num_pieces)

@@ -6,24 +6,12 @@ Both share the frames/length x depth grid (:mod:`longvila.eval.grid`), teacher-f
 demand so ``import longvila.eval`` stays light.
 """
 
-from importlib import import_module
+from longvila.lazy_exports import lazy_exports
 
-_EXPORTS = {
-    "run_vniah": "vniah",
-    "VNIAHConfig": "vniah",
-    "run_passkey": "passkey",
-    "PasskeyConfig": "passkey",
-    "load_runtime": "grid",
-    "teacher_forced": "grid",
-    "needle_index": "grid",
-    "is_correct": "grid",
-    "EvalError": "grid",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, {
+    "vniah": ("run_vniah", "VNIAHConfig"),
+    "passkey": ("run_passkey", "PasskeyConfig"),
+    "runtime": ("load_runtime",),
+    "grid": ("needle_index", "EvalError"),
+    "scoring": ("teacher_forced", "is_correct"),
+})

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from longvila.eval.grid import EvalError, GridSpec
+from longvila.eval.grid import EvalError, GridSpec, depth_values
 from longvila.eval.report import summarize, write_results
-from longvila.eval.runtime import DTYPES, EvalRuntime, load_runtime
+from longvila.eval.runtime import DTYPES, EvalRuntime, check_model_dir, load_runtime
 from longvila.eval.scoring import SCORING_MODES, SCORING_RULES, uses_kv_cache
 
 logger = logging.getLogger("longvila.eval")
@@ -45,11 +45,16 @@ class EvalConfig:
     max_new_tokens: int = 16
 
 
-def check_scoring(cfg: EvalConfig) -> None:
+def check_common(cfg: EvalConfig) -> list[float]:
+    """The checks of the flags every evaluation takes (one-line :class:`EvalError`); returns the depth axis."""
     if cfg.scoring not in SCORING_MODES:
         raise EvalError(f"--scoring must be one of {', '.join(SCORING_MODES)}, got {cfg.scoring!r}")
     if cfg.max_new_tokens < 1:
         raise EvalError(f"--max_new_tokens must be >= 1, got {cfg.max_new_tokens}")
+    depths = depth_values(cfg.depth_step)
+    if cfg.model is not None:
+        check_model_dir(cfg.model)
+    return depths
 
 
 def common_parser(prog: str, description: str) -> OneLineParser:
@@ -72,6 +77,13 @@ def common_parser(prog: str, description: str) -> OneLineParser:
                         help="teacher_forced (one forward, argmax == answer) | generate (greedy, answer in output).")
     parser.add_argument("--max_new_tokens", type=int, default=16, help="Generation length cap (--scoring generate).")
     return parser
+
+
+def parse_config(parser: argparse.ArgumentParser, argv: Sequence[str], config_type: type, validate: Callable):
+    """``config_type`` from the command line, checked by ``validate`` before any model is loaded."""
+    cfg = config_type(**vars(parser.parse_args(list(argv))))
+    validate(cfg)
+    return cfg
 
 
 def runtime_from_args(args) -> EvalRuntime:

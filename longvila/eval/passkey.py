@@ -28,17 +28,10 @@ import numpy as np
 import torch
 
 from longvila.constants import IGNORE_INDEX
-from longvila.eval.command import (
-    EvalConfig,
-    base_config,
-    check_scoring,
-    cli_main,
-    common_parser,
-    publish,
-    runtime_from_args,
-)
-from longvila.eval.grid import EvalError, GridSpec, depth_values, insert_needle, run_grid, value_range
-from longvila.eval.runtime import EvalRuntime, check_model_dir
+from longvila.eval.command import (EvalConfig, base_config, check_common, cli_main, common_parser, parse_config,
+                                   publish, runtime_from_args)
+from longvila.eval.grid import EvalError, GridSpec, insert_needle, run_grid, value_range
+from longvila.eval.runtime import EvalRuntime
 from longvila.eval.scoring import score_sample
 
 logger = logging.getLogger("longvila.eval")
@@ -86,16 +79,14 @@ class PasskeyConfig(EvalConfig):
 
 
 def validate(cfg: PasskeyConfig) -> tuple[list[int], list[float]]:
-    check_scoring(cfg)
+    depths = check_common(cfg)
     lengths = value_range(cfg.min_length, cfg.max_length, cfg.length_step, "length")
-    if cfg.model is not None:
-        check_model_dir(cfg.model)
     if cfg.min_length < 64:
         raise EvalError(f"--min_length must be >= 64 tokens (room for the question and the key), got "
                         f"{cfg.min_length}")
     if cfg.num_keys < 1:
         raise EvalError(f"--num_keys must be >= 1, got {cfg.num_keys}")
-    return lengths, depth_values(cfg.depth_step)
+    return lengths, depths
 
 
 def run_passkey(cfg: PasskeyConfig, runtime: EvalRuntime | None = None) -> dict:
@@ -136,9 +127,7 @@ def parse_args(argv: Sequence[str]) -> PasskeyConfig:
     parser.add_argument("--max_length", type=int, default=4096, help="Longest context (tokens).")
     parser.add_argument("--length_step", type=int, default=256)
     parser.add_argument("--num_keys", type=int, default=1, help="Pass keys per cell.")
-    cfg = PasskeyConfig(**vars(parser.parse_args(list(argv))))
-    validate(cfg)
-    return cfg
+    return parse_config(parser, argv, PasskeyConfig, validate)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

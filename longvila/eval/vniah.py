@@ -53,17 +53,10 @@ from PIL import Image
 
 from longvila.constants import DEFAULT_SYSTEM, IGNORE_INDEX, VIDEO_TOKEN
 from longvila.data.image import pixel_values
-from longvila.eval.command import (
-    EvalConfig,
-    base_config,
-    check_scoring,
-    cli_main,
-    common_parser,
-    publish,
-    runtime_from_args,
-)
-from longvila.eval.grid import EvalError, GridSpec, depth_values, insert_needle, run_grid, value_range
-from longvila.eval.runtime import EvalRuntime, check_model_dir
+from longvila.eval.command import (EvalConfig, base_config, check_common, cli_main, common_parser, parse_config,
+                                   publish, runtime_from_args)
+from longvila.eval.grid import EvalError, GridSpec, insert_needle, run_grid, value_range
+from longvila.eval.runtime import EvalRuntime
 from longvila.eval.scoring import score_sample, swapped
 from longvila.model.media_expansion import video_positions
 
@@ -304,11 +297,8 @@ class VNIAHConfig(EvalConfig):
 
 def validate(cfg: VNIAHConfig) -> tuple[list[int], list[float]]:
     """Every check that needs no model: one-line EvalErrors."""
-    check_scoring(cfg)
+    depths = check_common(cfg)
     frames = value_range(cfg.min_frames, cfg.max_frames, cfg.frames_step, "frames")
-    depths = depth_values(cfg.depth_step)
-    if cfg.model is not None:
-        check_model_dir(cfg.model)
     if cfg.haystack is not None and not Path(cfg.haystack).is_file():
         raise EvalError(f"--haystack file not found: {cfg.haystack}")
     if cfg.fps is not None and not cfg.fps > 0:
@@ -384,10 +374,7 @@ def parse_args(argv: Sequence[str]) -> VNIAHConfig:
     parser.add_argument("--max_frames", type=int, default=128)
     parser.add_argument("--frames_step", type=int, default=8)
     parser.add_argument("--encode_batch_size", type=int, default=32, help="Haystack frames per vision batch.")
-    args = parser.parse_args(list(argv))
-    cfg = VNIAHConfig(**vars(args))
-    validate(cfg)
-    return cfg
+    return parse_config(parser, argv, VNIAHConfig, validate)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -4,32 +4,16 @@ Names are resolved lazily so that importing one light submodule (e.g. ``longvila
 in transformers' model zoo.
 """
 
-from importlib import import_module
+from longvila.lazy_exports import lazy_exports
 
-_EXPORTS = {
-    "VILAModel": "vlm",
-    "SequenceInputs": "vlm",
-    "MediaTokenIds": "vlm",
-    "LossOutput": "loss",
-    "cross_entropy_sum": "loss",
-    "shift_labels": "loss",
-    "MultimodalProjector": "projector",
-    "MultimodalProjectorConfig": "projector",
-    "train_tokenizer": "tokenizer",
-    "tiny_model_path": "tiny",
-    "save_vila": "checkpoint",
-    "load_vila": "checkpoint",
-    "apply_llm_lora": "lora",
-    "apply_vision_lora": "lora",
-    "merge_lora": "lora",
-    "local_attention": "attention",
-    "extend_context": "rope",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, {
+    "vlm": ("VILAModel", "SequenceInputs", "MediaTokenIds"),
+    "loss": ("LossOutput", "cross_entropy_sum", "shift_labels"),
+    "projector": ("MultimodalProjector", "MultimodalProjectorConfig"),
+    "tokenizer": ("train_tokenizer",),
+    "tiny": ("tiny_model_path",),
+    "checkpoint": ("save_vila", "load_vila"),
+    "lora": ("apply_llm_lora", "apply_vision_lora", "merge_lora"),
+    "attention": ("local_attention",),
+    "rope": ("extend_context",),
+})

@@ -13,23 +13,16 @@ from pathlib import Path
 
 import torch
 
-LLM_SHAPES = {
-    "qwen2-0.5b": dict(arch="qwen2", hidden_size=896, intermediate_size=4864, num_attention_heads=14,
-                       num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, rope_theta=1e6,
-                       max_position_embeddings=32768),
-    "qwen2-1.5b": dict(arch="qwen2", hidden_size=1536, intermediate_size=8960, num_attention_heads=12,
-                       num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, rope_theta=1e6,
-                       max_position_embeddings=32768),
-    "qwen2-7b": dict(arch="qwen2", hidden_size=3584, intermediate_size=18944, num_attention_heads=28,
-                     num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False, rope_theta=1e6,
-                     max_position_embeddings=32768),
-    "llama3-8b": dict(arch="llama", hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
-                      num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rope_theta=5e5,
-                      max_position_embeddings=8192),
-    "llama2-7b": dict(arch="llama", hidden_size=4096, intermediate_size=11008, num_attention_heads=32,
-                      num_key_value_heads=32, vocab_size=32000, tie_word_embeddings=False, rope_theta=1e4,
-                      max_position_embeddings=4096),
-}
+_LLM_FIELDS = ("arch", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "vocab_size",
+               "tie_word_embeddings", "rope_theta", "max_position_embeddings")
+LLM_SHAPES = {name: dict(zip(_LLM_FIELDS, row)) for name, row in {
+    # name        arch     hidden  mlp    q   kv  vocab   tied   theta positions
+    "qwen2-0.5b": ("qwen2", 896,   4864,  14, 2,  151936, True,  1e6, 32768),
+    "qwen2-1.5b": ("qwen2", 1536,  8960,  12, 2,  151936, True,  1e6, 32768),
+    "qwen2-7b":   ("qwen2", 3584, 18944,  28, 4,  152064, False, 1e6, 32768),
+    "llama3-8b":  ("llama", 4096, 14336,  32, 8,  128256, False, 5e5, 8192),
+    "llama2-7b":  ("llama", 4096, 11008,  32, 32, 32000,  False, 1e4, 4096),
+}.items()}
 """Layer shapes of released LLMs (their HF config.json values); ``num_hidden_layers`` is chosen per use."""
 
 RELEASED_LAYERS = {"qwen2-0.5b": 24, "qwen2-1.5b": 28, "qwen2-7b": 28, "llama3-8b": 32, "llama2-7b": 32, "siglip-so400m": 27}

@@ -224,15 +224,8 @@ def train_tokenizer(out_dir: str | os.PathLike, vocab_size: int = 2000, seed: in
         else:
             train_sentencepiece(Path(tmp) / "tokenizer", vocab_size=vocab_size, seed=seed)
             tok = LlamaTokenizer.from_pretrained(
-                tmp,
-                add_prefix_space=False,
-                legacy=False,
-                add_bos_token=False,
-                add_eos_token=False,
-                eos_token=IM_END,
-                pad_token=PAD_TOKEN,
-                padding_side="right",
-            )
+                tmp, add_prefix_space=False, legacy=False, add_bos_token=False, add_eos_token=False, eos_token=IM_END,
+                pad_token=PAD_TOKEN, padding_side="right")
         tok.chat_template = QWEN2_CHAT_TEMPLATE
         tok.save_pretrained(out)
         if kind == "llama":  # the sentencepiece model itself, for slow (transformers 4.x / VILA) loading

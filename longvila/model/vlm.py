@@ -137,14 +137,9 @@ class VILAModel(nn.Module):
         return self.mm_projector(feats.to(proj_dtype))
 
     # ---------------------------------------------------------------- sequence
-    def build_sequence(
-        self,
-        input_ids: torch.Tensor,
-        labels: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        media: list[list[torch.Tensor]] | None = None,
-        position_ids: torch.Tensor | None = None,
-    ) -> SequenceInputs:
+    def build_sequence(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None,
+                       media: list[list[torch.Tensor]] | None = None,
+                       position_ids: torch.Tensor | None = None) -> SequenceInputs:
         """Expand every placeholder into its frames' embeddings and right-pad the batch
         (``longvila/model/media_expansion.py``). All frames of the batch go through ONE ``frame_encoder`` call."""
         ids = self.tokenizer_ids

@@ -15,7 +15,8 @@ from longvila.distributed.mesh import SequenceParallelConfig, check_heads
 
 @dataclass(frozen=True)
 class Layout:
-    """``gpus`` ranks, ``gpus_per_node`` per node, SP degree ``sp`` of which ring degree ``ring``."""
+    """One way to lay out a cluster: ``gpus`` ranks, ``gpus_per_node`` per node, SP degree ``sp`` of which ring
+    degree ``ring`` (the rest is Ulysses); data parallelism takes what SP leaves."""
 
     gpus: int
     gpus_per_node: int

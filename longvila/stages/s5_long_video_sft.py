@@ -1,13 +1,12 @@
 """Stage 5, long-video SFT: everything trains on videos with many frames (sequence parallelism makes it fit)."""
 
-from longvila.stages.common import StageSpec, main
+from dataclasses import replace
 
-SPEC = StageSpec(
-    name="s5_long_video_sft",
-    trains=frozenset({"vision_tower", "mm_projector", "llm"}),
-    data_kind="conversation",
-    summary="long-video supervised fine-tuning",
-)
+from longvila.stages.common import main
+from longvila.stages.s3_sft import SPEC as SFT_SPEC
+
+SPEC = replace(SFT_SPEC, name="s5_long_video_sft", summary="long-video supervised fine-tuning")
+"""Stage 3's trainability and data kind; what makes it stage 5 is its recipe (thousands of frames, SP)."""
 
 if __name__ == "__main__":
     main(SPEC)

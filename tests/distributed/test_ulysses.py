@@ -4,7 +4,7 @@ import torch
 
 from longvila.distributed.mesh import SequenceParallelConfig
 from longvila.distributed.sharding import sequence_indices
-from longvila.distributed.ulysses import HeadsToSeq, SeqToHeads, gather_segment_ids, ulysses_attention
+from longvila.distributed.ulysses import gather_heads, gather_segment_ids, scatter_heads, ulysses_attention
 
 
 def _a2a_against_full(rank, world, num_pieces):
@@ -15,13 +15,13 @@ def _a2a_against_full(rank, world, num_pieces):
     weights = torch.randn(world, b, h // world, length, d, generator=g, dtype=torch.float64)
     idx = sequence_indices(length, cfg, rank)
     x = full[:, :, idx].clone().requires_grad_()
-    y = SeqToHeads.apply(x, None, num_pieces)
+    y = scatter_heads(x, None, num_pieces)
     heads = slice(rank * h // world, (rank + 1) * h // world)
     assert torch.equal(y, full[:, heads]), "gathered sequence must be in global order for this rank's heads"
     (y * weights[rank]).sum().backward()
     # d/dx of sum_r <y_r, W_r>: W rearranged to (all heads, this rank's positions)
     assert torch.equal(x.grad, weights.permute(1, 0, 2, 3, 4).reshape(b, h, length, d)[:, :, idx])
-    back = HeadsToSeq.apply(y.detach(), None, num_pieces)
+    back = gather_heads(y.detach(), None, num_pieces)
     assert torch.equal(back, x.detach())
     seg = torch.arange(length).expand(b, length)[:, idx] * 10
     assert torch.equal(gather_segment_ids(seg.contiguous(), None, num_pieces), torch.arange(length).expand(b, -1) * 10)

@@ -4,7 +4,7 @@ import torch
 
 from longvila.distributed.mesh import SequenceParallelConfig
 from longvila.distributed.sharding import sequence_indices
-from longvila.distributed.ulysses import SeqToHeads
+from longvila.distributed.ulysses import scatter_heads
 from longvila.distributed.usp import usp_attention
 
 from .sp_cases import Case, check_case
@@ -17,7 +17,7 @@ def _gathered_positions(rank, world, ring_type):
     length = 32
     pos = sequence_indices(length, cfg, groups.sp_rank).double()
     x = pos.reshape(1, 1, -1, 1).expand(1, 2, -1, 1).contiguous()  # 2 heads carry the positions
-    y = SeqToHeads.apply(x, groups.ulysses_group, cfg.num_pieces)
+    y = scatter_heads(x, groups.ulysses_group, cfg.num_pieces)
     return y[0, 0, :, 0].long().tolist(), groups.ring_rank
 
 

@@ -50,7 +50,9 @@ def test_fp16_inputs(make):
     assert h.grad.dtype == torch.float16 and w.grad.dtype == torch.float16
     assert abs(loss.item() - ref.item()) <= 2e-3 * max(1.0, ref.item())
     torch.testing.assert_close(h.grad.double(), h64.grad, rtol=1e-2, atol=2e-3, msg=lambda m: f"{m} ({make})")
-    torch.testing.assert_close(w.grad.double(), w64.grad, rtol=1e-2, atol=2e-3, msg=lambda m: f"{m} ({make})")
+    # The weight gradient sums 33 tokens' fp16 logits-gradients (unit roundoff 4.9e-4): over 3,400 seeds the worst
+    # element was 2.4e-3 beyond the relative term, so 2e-3 failed about one run in a thousand.
+    torch.testing.assert_close(w.grad.double(), w64.grad, rtol=1e-2, atol=4e-3, msg=lambda m: f"{m} ({make})")
 
 
 def test_all_ignored_gives_zero_not_nan(make):
