@@ -24,127 +24,91 @@ from longvila.recipes import deepspeed_config_path, recipe_path as packaged_reci
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr")
 
 
+def flag(default, help: str, **argparse_options):
+    """A dataclass field that ``HfArgumentParser`` turns into a ``--flag`` with this help (and any extra
+    ``add_argument`` options, e.g. ``nargs``/``const``/``choices``): defaults and help live beside the field."""
+    return field(default=default, metadata={"help": help, **argparse_options})
+
+
 class ConfigError(ValueError):
     """An impossible or inconsistent configuration, reported as one line before any compute."""
 
 
 @dataclass
 class ModelArguments:
-    init_from: Optional[str] = field(
-        default=None,
-        metadata={"help": "VILA-layout checkpoint folder to start from (any stage's output or a released VILA/"
-                          "LongVILA checkpoint). Default: the embedded tiny model."},
-    )
-    model_name_or_path: Optional[str] = field(
-        default=None,
-        metadata={"help": "HF causal LM folder (Qwen2/Llama) to start from, with --vision_tower and a fresh "
-                          "--mm_projector (VILA's stage-1 start)."},
-    )
-    vision_tower: Optional[str] = field(
-        default=None, metadata={"help": "HF SigLIP folder (SiglipVisionModel or a full SiglipModel)."}
-    )
-    mm_projector: str = field(
-        default="mlp_downsample",
-        metadata={"help": "Projector type for a fresh projector: linear | mlp{N}x_gelu | mlp_downsample | "
-                          "mlp_downsample_2x2_fix | mlp_downsample_3x3_fix."},
-    )
-    mm_vision_select_layer: int = field(default=-2, metadata={"help": "SigLIP hidden state the projector reads."})
-    mm_vision_select_feature: str = field(default="cls_patch", metadata={"help": "cls_patch (SigLIP: all tokens)."})
-    chat_template: Optional[str] = field(
-        default=None, metadata={"help": "qwen2 | llama3: chat template for an LLM folder whose tokenizer has none."}
-    )
-    mm_projector_token_order: Optional[str] = field(
-        default=None,
-        metadata={"help": "row_major (VILA since Dec 2024) | column_major (mlp_downsample checkpoints from 2024: "
-                          "VILA1.5, LongVILA-8B). Default: what the checkpoint's mm_projector/config.json says, "
-                          "else row_major."},
-    )
-    rope_theta: Optional[float] = field(
-        default=None, metadata={"help": "New RoPE base written into llm/config.json (stage 4)."}
-    )
-    lora_llm: bool = field(default=False, metadata={"help": "Train LoRA adapters on the LLM (merged at save)."})
-    lora_vision: bool = field(default=False, metadata={"help": "Put LoRA adapters on the vision tower."})
+    init_from: Optional[str] = flag(None, "VILA-layout checkpoint folder to start from (any stage's output or a "
+                                    "released VILA/LongVILA checkpoint). Default: the embedded tiny model.")
+    model_name_or_path: Optional[str] = flag(None, "HF causal LM folder (Qwen2/Llama) to start from, with "
+                                             "--vision_tower and a fresh --mm_projector (VILA's stage-1 start).")
+    vision_tower: Optional[str] = flag(None, "HF SigLIP folder (SiglipVisionModel or a full SiglipModel).")
+    mm_projector: str = flag("mlp_downsample", "Projector type for a fresh projector: linear | mlp{N}x_gelu | "
+                             "mlp_downsample | mlp_downsample_2x2_fix | mlp_downsample_3x3_fix.")
+    mm_vision_select_layer: int = flag(-2, "SigLIP hidden state the projector reads.")
+    mm_vision_select_feature: str = flag("cls_patch", "cls_patch (SigLIP: all tokens).")
+    chat_template: Optional[str] = flag(None, "qwen2 | llama3: chat template for an LLM folder whose tokenizer "
+                                        "has none.")
+    mm_projector_token_order: Optional[str] = flag(None, "row_major (VILA since Dec 2024) | column_major "
+                                                   "(mlp_downsample checkpoints from 2024: VILA1.5, LongVILA-8B). "
+                                                   "Default: what the checkpoint's mm_projector/config.json says, else "
+                                                   "row_major.")
+    rope_theta: Optional[float] = flag(None, "New RoPE base written into llm/config.json (stage 4).")
+    lora_llm: bool = flag(False, "Train LoRA adapters on the LLM (merged at save).")
+    lora_vision: bool = flag(False, "Put LoRA adapters on the vision tower.")
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
-    attn_backend: str = field(default="auto", metadata={"help": "auto | triton | flash_attn | torch"})
-    loss_impl: str = field(
-        default="chunked",
-        metadata={"help": "chunked (default: never more than one chunk of logits) | naive (full logits; the "
-                          "reference)."},
-    )
-    tiled_mlp_tokens: int = field(
-        default=4096,
-        metadata={"help": "Run each decoder MLP in tiles of this many tokens (recomputed in the backward) whenever a "
-                          "rank's sequence is longer; 0 turns tiling off."},
-    )
-    fused_kernels: bool = field(
-        default=False, metadata={"help": "Use the Triton RMSNorm / RoPE / chunked linear+CE kernels."}
-    )
+    attn_backend: str = flag("auto", "auto | triton | flash_attn | torch")
+    loss_impl: str = flag("chunked", "chunked (default: never more than one chunk of logits) | naive (full logits; the "
+                          "reference).")
+    tiled_mlp_tokens: int = flag(4096, "Run each decoder MLP in tiles of this many tokens (recomputed in the backward) "
+                                 "whenever a rank's sequence is longer; 0 turns tiling off.")
+    fused_kernels: bool = flag(False, "Use the Triton RMSNorm / RoPE / chunked linear+CE kernels.")
 
 
 @dataclass
 class DataArguments:
-    data_path: Optional[str] = field(
-        default=None,
-        metadata={"help": "LLaVA-style JSON/JSONL (stages 1-3, 5) or long-text JSONL (stage 4); a comma list "
-                          "trains on all of them, one pass each. Default: synthetic data generated under --data_dir."},
-    )
-    data_mixture: Optional[str] = field(
-        default=None,
-        metadata={"help": "YAML listing the stage's datasets with path, weight (passes per epoch), media_root, name "
-                          "(see longvila/data/mixture_spec.py); instead of --data_path."},
-    )
-    media_root: Optional[str] = field(default=None, metadata={"help": "Folder that media paths are relative to."})
-    data_dir: Optional[str] = field(
-        default=None, metadata={"help": "Where synthetic data is generated. Default: <output_dir>/../data."}
-    )
-    model_max_length: int = field(default=2048, metadata={"help": "Sequence length (tokens) per sample."})
-    num_video_frames: int = field(default=8, metadata={"help": "Frames sampled uniformly from each video."})
-    fps: Optional[float] = field(default=None, metadata={"help": "Cap on sampled frames per second of video."})
+    data_path: Optional[str] = flag(None, "LLaVA-style JSON/JSONL (stages 1-3, 5) or long-text JSONL (stage 4); a "
+                                    "comma list trains on all of them, one pass each. Default: synthetic data "
+                                    "generated under --data_dir.")
+    data_mixture: Optional[str] = flag(None, "YAML listing the stage's datasets with path, weight (passes per epoch), "
+                                       "media_root, name (see longvila/data/mixture_spec.py); instead of --data_path.")
+    media_root: Optional[str] = flag(None, "Folder that media paths are relative to.")
+    data_dir: Optional[str] = flag(None, "Where synthetic data is generated. Default: <output_dir>/../data.")
+    model_max_length: int = flag(2048, "Sequence length (tokens) per sample.")
+    num_video_frames: int = flag(8, "Frames sampled uniformly from each video.")
+    fps: Optional[float] = flag(None, "Cap on sampled frames per second of video.")
 
 
 @dataclass
 class TrainArguments:
-    output_dir: str = field(default=None, metadata={"help": "Where the checkpoint, metrics and logs go."})
-    max_steps: int = field(default=-1, metadata={"help": "Optimizer steps; overrides --num_train_epochs."})
+    output_dir: str = flag(None, "Where the checkpoint, metrics and logs go.")
+    max_steps: int = flag(-1, "Optimizer steps; overrides --num_train_epochs.")
     num_train_epochs: float = 1.0
     learning_rate: float = 1e-4
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     per_device_train_batch_size: int = 1
     gradient_accumulation_steps: int = 1
-    gradient_checkpointing: str = field(
-        default="false",
-        metadata={"help": "true | false | offload (checkpoint every layer and keep the checkpointed inputs in host "
-                          "memory; CUDA only, the same results everywhere).", "nargs": "?", "const": "true"},
-    )
-    deepspeed: Optional[str] = field(
-        default=None, metadata={"help": "DeepSpeed JSON file or packaged name (zero2, zero3); default zero2."}
-    )
-    bf16: Optional[bool] = field(default=None, metadata={"help": "bf16 training; default: on with CUDA, off on CPU."})
+    gradient_checkpointing: str = flag("false", "true | false | offload (checkpoint every layer and keep the "
+                                       "checkpointed inputs in host memory; CUDA only, the same results "
+                                       "everywhere).", nargs="?", const="true")
+    deepspeed: Optional[str] = flag(None, "DeepSpeed JSON file or packaged name (zero2, zero3); default zero2.")
+    bf16: Optional[bool] = flag(None, "bf16 training; default: on with CUDA, off on CPU.")
     seed: int = 42
     lr_scheduler_type: str = "cosine"
     warmup_ratio: float = 0.0
     logging_steps: int = 1
-    save_steps: int = field(default=0, metadata={"help": "Save a resumable checkpoint every N steps (0: never)."})
-    save_total_limit: Optional[int] = field(default=2, metadata={"help": "Resumable checkpoints kept."})
-    resume_from_checkpoint: Optional[str] = field(
-        default=None, metadata={"help": "A checkpoint folder, or 'latest' for the newest complete one under "
-                                        "output_dir; it may come from another world size or SP layout."}
-    )
-    log_sample_ids: bool = field(
-        default=False, metadata={"help": "Write the dataset indices each step trained on and skipped to "
-                                         "<output_dir>/sample_ids/dp<rank>.jsonl."}
-    )
-    zero3_load: str = field(
-        default="auto",
-        metadata={"help": "ZeRO-3 only: partitioned (weights scattered while loading) | direct (loaded whole, "
-                          "partitioned by DeepSpeed) | auto (partitioned on CUDA, direct on CPU)."},
-    )
-    seq_parallel_size: int = field(default=1, metadata={"help": "Sequence-parallel degree; DP = world / SP."})
-    seq_parallel_ring_size: int = field(default=1, metadata={"help": "Ring degree; ulysses = SP / ring."})
-    seq_parallel_ring_type: str = field(default="zigzag_ring", metadata={"help": "zigzag_ring | ring"})
+    save_steps: int = flag(0, "Save a resumable checkpoint every N steps (0: never).")
+    save_total_limit: Optional[int] = flag(2, "Resumable checkpoints kept.")
+    resume_from_checkpoint: Optional[str] = flag(None, "A checkpoint folder, or 'latest' for the newest complete one "
+                                                 "under output_dir; it may come from another world size or SP layout.")
+    log_sample_ids: bool = flag(False, "Write the dataset indices each step trained on and skipped to "
+                                "<output_dir>/sample_ids/dp<rank>.jsonl.")
+    zero3_load: str = flag("auto", "ZeRO-3 only: partitioned (weights scattered while loading) | direct (loaded whole, "
+                           "partitioned by DeepSpeed) | auto (partitioned on CUDA, direct on CPU).")
+    seq_parallel_size: int = flag(1, "Sequence-parallel degree; DP = world / SP.")
+    seq_parallel_ring_size: int = flag(1, "Ring degree; ulysses = SP / ring.")
+    seq_parallel_ring_type: str = flag("zigzag_ring", "zigzag_ring | ring")
     disable_tqdm: bool = False
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transformers import HfArgumentParser
+
+from longvila.config import flag
 from longvila.eval.grid import EvalError, GridSpec, depth_values
 from longvila.eval.report import summarize, write_results
 from longvila.eval.runtime import DTYPES, EvalRuntime, check_model_dir, load_runtime
@@ -19,8 +21,9 @@ from longvila.eval.scoring import SCORING_MODES, SCORING_RULES, uses_kv_cache
 logger = logging.getLogger("longvila.eval")
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors raise :class:`EvalError` (one line, exit code 2 in :func:`cli_main`)."""
+class EvalArgumentParser(HfArgumentParser):
+    """The flags of an evaluation's config dataclass; errors raise :class:`EvalError` (one line, exit code 2 in
+    :func:`cli_main`)."""
 
     def error(self, message: str):
         raise EvalError(message)
@@ -28,21 +31,23 @@ class OneLineParser(argparse.ArgumentParser):
 
 @dataclass(kw_only=True)
 class EvalConfig:
-    """What every evaluation takes (the flags of :func:`common_parser`); each task's config adds its grid."""
+    """What every evaluation takes; each task's config adds its grid. The fields are the command-line flags."""
 
-    output_dir: Path
-    model: str | None = None
-    depth_step: float = 10.0
-    seq_parallel_size: int = 1
-    seq_parallel_ring_size: int = 1
-    seq_parallel_ring_type: str = "zigzag_ring"
-    attn_backend: str = "auto"
-    dtype: str | None = None
+    output_dir: Path = field(metadata={"help": "Where the JSON and the heatmap go."})
+    model: str | None = flag(None, "VILA-layout checkpoint folder (any stage's output). Default: the embedded tiny "
+                             "model.")
+    depth_step: float = flag(10.0, "Depth grid step in percent (0..100).")
+    seq_parallel_size: int = flag(1, "SP degree (launch with torchrun).")
+    seq_parallel_ring_size: int = flag(1, "Ring degree; ulysses = SP / ring.")
+    seq_parallel_ring_type: str = flag("zigzag_ring", "zigzag_ring | ring")
+    attn_backend: str = flag("auto", "auto | triton | flash_attn | torch")
+    dtype: str | None = flag(None, "Model dtype. Default: bfloat16 on CUDA, float32 on CPU.", choices=sorted(DTYPES))
     seed: int = 0
-    title: str | None = None
+    title: str | None = flag(None, "Heatmap title (default: task and model).")
     disable_tqdm: bool = False
-    scoring: str = "teacher_forced"
-    max_new_tokens: int = 16
+    scoring: str = flag("teacher_forced", "teacher_forced (one forward, argmax == answer) | generate (greedy, answer "
+                        "in output).", choices=SCORING_MODES)
+    max_new_tokens: int = flag(16, "Generation length cap (--scoring generate).")
 
 
 def check_common(cfg: EvalConfig) -> list[float]:
@@ -57,30 +62,10 @@ def check_common(cfg: EvalConfig) -> list[float]:
     return depths
 
 
-def common_parser(prog: str, description: str) -> OneLineParser:
-    """Flags every evaluation takes: model, output, depth grid, parallelism, dtype."""
-    parser = OneLineParser(prog=prog, description=description, allow_abbrev=False)
-    parser.add_argument("--model", default=None,
-                        help="VILA-layout checkpoint folder (any stage's output). Default: the embedded tiny model.")
-    parser.add_argument("--output_dir", required=True, type=Path, help="Where the JSON and the heatmap go.")
-    parser.add_argument("--depth_step", type=float, default=10.0, help="Depth grid step in percent (0..100).")
-    parser.add_argument("--seq_parallel_size", type=int, default=1, help="SP degree (launch with torchrun).")
-    parser.add_argument("--seq_parallel_ring_size", type=int, default=1, help="Ring degree; ulysses = SP / ring.")
-    parser.add_argument("--seq_parallel_ring_type", default="zigzag_ring", help="zigzag_ring | ring")
-    parser.add_argument("--attn_backend", default="auto", help="auto | triton | flash_attn | torch")
-    parser.add_argument("--dtype", default=None, choices=sorted(DTYPES),
-                        help="Model dtype. Default: bfloat16 on CUDA, float32 on CPU.")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--title", default=None, help="Heatmap title (default: task and model).")
-    parser.add_argument("--disable_tqdm", action="store_true")
-    parser.add_argument("--scoring", default="teacher_forced", choices=SCORING_MODES,
-                        help="teacher_forced (one forward, argmax == answer) | generate (greedy, answer in output).")
-    parser.add_argument("--max_new_tokens", type=int, default=16, help="Generation length cap (--scoring generate).")
-    return parser
-
-
-def parse_config(parser: argparse.ArgumentParser, argv: Sequence[str], config_type: type, validate: Callable):
-    """``config_type`` from the command line, checked by ``validate`` before any model is loaded."""
+def parse_config(prog: str, description: str, config_type: type, validate: Callable, argv: Sequence[str]):
+    """``config_type`` (an :class:`EvalConfig`) from the command line, checked by ``validate`` before any model is
+    loaded."""
+    parser = EvalArgumentParser(config_type, prog=prog, description=description, allow_abbrev=False)
     cfg = config_type(**vars(parser.parse_args(list(argv))))
     validate(cfg)
     return cfg

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from longvila.config import flag
 from longvila.constants import IGNORE_INDEX
-from longvila.eval.command import (EvalConfig, base_config, check_common, cli_main, common_parser, parse_config,
-                                   publish, runtime_from_args)
+from longvila.eval.command import (EvalConfig, base_config, check_common, cli_main, parse_config, publish,
+                                   runtime_from_args)
 from longvila.eval.grid import EvalError, GridSpec, insert_needle, run_grid, value_range
 from longvila.eval.runtime import EvalRuntime
 from longvila.eval.scoring import score_sample
@@ -72,10 +73,10 @@ def passkey_sample(tokenizer, length: int, depth: float, key: int, rng: np.rando
 class PasskeyConfig(EvalConfig):
     """Passkey retrieval: the context-length axis of the grid and how many keys per cell."""
 
-    min_length: int = 256
-    max_length: int = 4096
+    min_length: int = flag(256, "Shortest context (tokens).")
+    max_length: int = flag(4096, "Longest context (tokens).")
     length_step: int = 256
-    num_keys: int = 1
+    num_keys: int = flag(1, "Pass keys per cell.")
 
 
 def validate(cfg: PasskeyConfig) -> tuple[list[int], list[float]]:
@@ -122,12 +123,8 @@ def run_passkey(cfg: PasskeyConfig, runtime: EvalRuntime | None = None) -> dict:
 
 
 def parse_args(argv: Sequence[str]) -> PasskeyConfig:
-    parser = common_parser("longvila passkey", "Passkey retrieval over context length x depth.")
-    parser.add_argument("--min_length", type=int, default=256, help="Shortest context (tokens).")
-    parser.add_argument("--max_length", type=int, default=4096, help="Longest context (tokens).")
-    parser.add_argument("--length_step", type=int, default=256)
-    parser.add_argument("--num_keys", type=int, default=1, help="Pass keys per cell.")
-    return parse_config(parser, argv, PasskeyConfig, validate)
+    return parse_config("longvila passkey", "Passkey retrieval over context length x depth.", PasskeyConfig,
+                        validate, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -51,10 +51,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from longvila.config import flag
 from longvila.constants import DEFAULT_SYSTEM, IGNORE_INDEX, VIDEO_TOKEN
 from longvila.data.image import pixel_values
-from longvila.eval.command import (EvalConfig, base_config, check_common, cli_main, common_parser, parse_config,
-                                   publish, runtime_from_args)
+from longvila.eval.command import (EvalConfig, base_config, check_common, cli_main, parse_config, publish,
+                                   runtime_from_args)
 from longvila.eval.grid import EvalError, GridSpec, insert_needle, run_grid, value_range
 from longvila.eval.runtime import EvalRuntime
 from longvila.eval.scoring import score_sample, swapped
@@ -286,13 +287,13 @@ def needle_prompt(tokenizer, question: str, answer: str, system: str | None = DE
 class VNIAHConfig(EvalConfig):
     """V-NIAH: the haystack, the needles and the frames axis of the grid."""
 
-    haystack: str | None = None
-    fps: float = 1.0
-    needles: str = "synthetic"
+    haystack: str | None = flag(None, "Haystack video (default: a synthetic grey video).")
+    fps: float = flag(1.0, "Frames per second decoded from the haystack.")
+    needles: str = flag("synthetic", "synthetic | photos | all | needle JSON file (see module doc).")
     min_frames: int = 8
     max_frames: int = 128
     frames_step: int = 8
-    encode_batch_size: int = 32
+    encode_batch_size: int = flag(32, "Haystack frames per vision batch.")
 
 
 def validate(cfg: VNIAHConfig) -> tuple[list[int], list[float]]:
@@ -365,16 +366,8 @@ def run_vniah(cfg: VNIAHConfig, runtime: EvalRuntime | None = None) -> dict:
 
 
 def parse_args(argv: Sequence[str]) -> VNIAHConfig:
-    parser = common_parser("longvila vniah", "Visual needle-in-a-haystack over frames x depth.")
-    parser.add_argument("--haystack", default=None, help="Haystack video (default: a synthetic grey video).")
-    parser.add_argument("--fps", type=float, default=1.0, help="Frames per second decoded from the haystack.")
-    parser.add_argument("--needles", default="synthetic",
-                        help="synthetic | photos | all | needle JSON file (see module doc).")
-    parser.add_argument("--min_frames", type=int, default=8)
-    parser.add_argument("--max_frames", type=int, default=128)
-    parser.add_argument("--frames_step", type=int, default=8)
-    parser.add_argument("--encode_batch_size", type=int, default=32, help="Haystack frames per vision batch.")
-    return parse_config(parser, argv, VNIAHConfig, validate)
+    return parse_config("longvila vniah", "Visual needle-in-a-haystack over frames x depth.", VNIAHConfig, validate,
+                        argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
