@@ -7,7 +7,6 @@ IMAGE_TOKEN = "<image>"
 VIDEO_TOKEN = "<video>"
 VILA_VIDEO_TOKEN = "<vila/video>"
 """VILA's own video placeholder (``llava/constants.py``); ``<video>`` is accepted as its alias in text."""
-SENTINEL_TOKEN = "<vila/sentinel>"
 VIDEO_TOKENS = (VILA_VIDEO_TOKEN, VIDEO_TOKEN)
 MEDIA_TOKENS = (IMAGE_TOKEN, *VIDEO_TOKENS)
 
@@ -15,5 +14,3 @@ IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 PAD_TOKEN = "<|endoftext|>"
 DEFAULT_SYSTEM = "You are a helpful assistant"
-
-CHAT_SPECIAL_TOKENS = (IM_START, IM_END, PAD_TOKEN)

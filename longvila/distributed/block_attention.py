@@ -433,7 +433,7 @@ def available_backends() -> list[str]:
     return sorted(_FACTORIES)
 
 
-def get_block_backend(backend: str | Any = "torch"):
+def get_block_backend(backend: str | BlockBackend = "torch") -> BlockBackend:
     """A new backend object for a name; a backend object (anything with callable ``.forward``/``.backward``) is
     returned unchanged.
 

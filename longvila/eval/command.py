@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import time
@@ -21,12 +22,15 @@ from longvila.eval.scoring import SCORING_MODES, SCORING_RULES, uses_kv_cache
 logger = logging.getLogger("longvila.eval")
 
 
-class EvalArgumentParser(HfArgumentParser):
-    """The flags of an evaluation's config dataclass; errors raise :class:`EvalError` (one line, exit code 2 in
-    :func:`cli_main`)."""
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors raise :class:`EvalError` (one line, exit code 2 in :func:`cli_main`)."""
 
     def error(self, message: str):
         raise EvalError(message)
+
+
+class EvalArgumentParser(HfArgumentParser, OneLineParser):
+    """The flags of an evaluation's config dataclass (``HfArgumentParser``), with :class:`OneLineParser`'s errors."""
 
 
 @dataclass(kw_only=True)
