@@ -25,8 +25,6 @@ only when it imports). ``torch`` and ``flash_attn`` take no mask: packed documen
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -34,6 +32,8 @@ from typing import Any, Protocol
 import torch
 
 from .lse import merge_attention, normalise_lse
+from .torch_flash_ops import (accumulation_dtype, cpu_flash_backward, cpu_flash_forward, cuda_flash_backward,
+                              cuda_flash_forward, flash_rng_placeholders, uses_cuda_flash)
 
 
 class BlockBackend(Protocol):
@@ -82,10 +82,6 @@ def block_mask(sq: int, sk: int, causal: bool, q_segment_ids=None, k_segment_ids
     return mask
 
 
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
 def _expand_kv(t: torch.Tensor, n_rep: int) -> torch.Tensor:
     return t if n_rep == 1 else t.repeat_interleave(n_rep, dim=1)
 
@@ -109,7 +105,7 @@ class MathBackend:
 
     def _probs(self, q, k, scale, causal, q_seg, k_seg, lse=None):
         n_rep = check_block_inputs(q, k, k, causal, q_seg, k_seg)
-        dtype = _compute_dtype(q)
+        dtype = accumulation_dtype(q)
         kk = _expand_kv(k.to(dtype), n_rep)
         scores = torch.matmul(q.to(dtype), kk.transpose(-1, -2)) * scale
         mask = block_mask(q.shape[2], k.shape[2], causal, q_seg, k_seg, q.device)
@@ -141,69 +137,6 @@ class MathBackend:
         dq = torch.matmul(ds, kk) * scale
         dk = torch.matmul(ds.transpose(-1, -2), q.to(dtype)) * scale
         return dq.to(q.dtype), _reduce_kv(dk, n_rep).to(k.dtype), _reduce_kv(dv, n_rep).to(v.dtype)
-
-
-def _uses_cuda_flash(q: torch.Tensor) -> bool:
-    """Whether PyTorch's CUDA flash-attention op (FlashAttention-2 inside libtorch) takes these queries.
-
-    The op needs fp16/bf16, a head dim that is a multiple of 8 up to 256, and an Ampere or newer GPU.
-    """
-    if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
-        return False
-    d = q.shape[-1]
-    return d % 8 == 0 and d <= 256 and torch.cuda.get_device_capability(q.device) >= (8, 0)
-
-
-def cpu_flash_forward(q, k, v, *, causal: bool, scale: float):
-    """``aten._scaled_dot_product_flash_attention_for_cpu``: (out, natural-log LSE (B, H, S)); native GQA."""
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        q.contiguous(), k.contiguous(), v.contiguous(), 0.0, causal, attn_mask=None, scale=scale)
-    return out, lse.to(_compute_dtype(q)).contiguous()
-
-
-def cpu_flash_backward(dout, q, k, v, out, lse, *, causal: bool, scale: float):
-    """``aten._scaled_dot_product_flash_attention_for_cpu_backward`` against a given (global) out/LSE."""
-    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-        dout.to(q.dtype).contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), out.to(q.dtype).contiguous(),
-        lse.to(_compute_dtype(q)).contiguous(), 0.0, causal, attn_mask=None, scale=scale)
-
-
-def cuda_flash_forward(q, k, v, *, causal: bool, scale: float):
-    """``aten._scaled_dot_product_flash_attention``: (out, natural-log fp32 LSE (B, H, S)); native GQA.
-
-    A plain function of the op, so that its argument binding and output shapes can be checked on ``meta`` tensors
-    on a machine without CUDA.
-    """
-    res = torch.ops.aten._scaled_dot_product_flash_attention(
-        q.contiguous(), k.contiguous(), v.contiguous(), 0.0, causal, False, scale=scale)
-    return res[0], normalise_lse(res[1])
-
-
-def cuda_flash_backward(dout, q, k, v, out, lse, *, causal: bool, scale: float):
-    """``aten._scaled_dot_product_flash_attention_backward`` against a given (global) out/LSE.
-
-    Without dropout the op never reads its random-number state, and without cumulative sequence lengths it runs
-    the dense path, so those arguments are placeholders. ``max_q``/``max_k`` are the block lengths.
-    """
-    seed, offset = _flash_rng_placeholders(q.device)
-    dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_backward(
-        dout.to(q.dtype).contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), out.to(q.dtype).contiguous(),
-        lse.float().contiguous(), None, None, q.shape[2], k.shape[2], 0.0, causal, seed, offset, scale=scale)
-    return dq, dk, dv
-
-
-@functools.lru_cache(maxsize=None)
-def _flash_rng_placeholders(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero tensors shaped like the random-number state the flash forward returns in this torch version.
-
-    Ring attention runs each block's backward without that block's forward outputs. The state's shape and dtype
-    changed across torch releases (two int64 scalars, then a (2,) uint64 tensor). The forward's shape function on
-    ``meta`` tensors says which one this torch uses. Built once per device (the backward only reads them), so the
-    per-block backward does no extra dispatch or allocation.
-    """
-    probe = torch.empty(1, 1, 1, 8, device="meta", dtype=torch.float16)
-    res = torch.ops.aten._scaled_dot_product_flash_attention(probe, probe, probe, 0.0, False, False)
-    return tuple(torch.zeros(t.shape, dtype=t.dtype, device=device) for t in res[6:8])
 
 
 def _runs(ids: torch.Tensor) -> dict[int, tuple[int, int]] | None:
@@ -275,7 +208,7 @@ class DocumentSplitBackend:
         if route == "flash":
             return fwd(q, k, v, causal=causal, scale=scale)
         out = torch.zeros_like(q)
-        lse = torch.full(q.shape[:3], float("-inf"), dtype=_compute_dtype(q), device=q.device)
+        lse = torch.full(q.shape[:3], float("-inf"), dtype=accumulation_dtype(q), device=q.device)
         for b, row in enumerate(pieces):
             for qs, qe, ks, ke in row:
                 o, l = fwd(q[b:b + 1, :, qs:qe], k[b:b + 1, :, ks:ke], v[b:b + 1, :, ks:ke], causal=causal,
@@ -310,7 +243,7 @@ class TorchBackend(DocumentSplitBackend):
     * CPU: ``aten._scaled_dot_product_flash_attention_for_cpu`` and its ``_backward`` (natural-log LSE, native GQA,
       exactly SDPA's gradients), any dtype.
     * CUDA, fp16/bf16: ``aten._scaled_dot_product_flash_attention`` and its ``_backward`` (FlashAttention-2 built
-      into libtorch; O(S) memory, native GQA), see :func:`_uses_cuda_flash`.
+      into libtorch; O(S) memory, native GQA), see :func:`~longvila.distributed.torch_flash_ops.uses_cuda_flash`.
 
     Packed documents run one sub-block each (:class:`DocumentSplitBackend`). fp32 on CUDA (no LSE-returning flash
     op) uses :class:`MathBackend` (O(S^2) memory per block; use ``triton`` on GPU).
@@ -318,12 +251,22 @@ class TorchBackend(DocumentSplitBackend):
 
     name = "torch"
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._rng_state: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # per device, for the backward
+
     def _dense_ops(self, q):
         if q.device.type == "cpu":
             return cpu_flash_forward, cpu_flash_backward
-        if _uses_cuda_flash(q):
-            return cuda_flash_forward, cuda_flash_backward
+        if uses_cuda_flash(q):
+            return cuda_flash_forward, self._cuda_backward
         return None
+
+    def _cuda_backward(self, dout, q, k, v, out, lse, *, causal, scale):
+        if q.device not in self._rng_state:
+            self._rng_state[q.device] = flash_rng_placeholders(q.device)
+        return cuda_flash_backward(dout, q, k, v, out, lse, causal=causal, scale=scale,
+                                   rng_state=self._rng_state[q.device])
 
 
 class TritonBackend:
@@ -364,67 +307,18 @@ class TritonBackend:
                          k_segment_ids=k_segment_ids)
 
 
-class FlashAttnBackend(DocumentSplitBackend):  # the real package needs CUDA; tests drive a CPU stand-in
-    """The flash-attn package's internal forward/backward (fp16/bf16 on CUDA, native GQA).
+def _flash_attn_backend():
+    """The flash-attn package's backend, imported only when asked for (the package is optional)."""
+    from .flash_attn_backend import FlashAttnBackend
 
-    flash-attn has no segment-id mask, so packed documents run one sub-block each
-    (:class:`DocumentSplitBackend`), as in the ``torch`` backend; only ids that are not contiguous runs use the
-    math path. Its empty rows are marked with +inf LSE; :func:`normalise_lse` maps them to -inf. Handles the 2.6
-    (``window_size`` tuple, 8-tuple return) and 2.7+ (``window_size_left/right``, 4-tuple return) internal
-    signatures. Inputs flash-attn does not take (fp32, CPU, head dims it would pad) are refused, not rerouted.
-    """
-
-    name = "flash_attn"
-
-    def __init__(self) -> None:
-        try:
-            from flash_attn import flash_attn_interface as fai
-        except ImportError as exc:
-            raise RuntimeError(f"block backend 'flash_attn' needs the flash-attn package: {exc}") from exc
-        super().__init__()
-        self._fai = fai
-        self._split_window = "window_size_left" in inspect.signature(fai._flash_attn_forward).parameters
-
-    def _window(self) -> dict[str, Any]:
-        return {"window_size_left": -1, "window_size_right": -1} if self._split_window else {"window_size": (-1, -1)}
-
-    device_type = "cuda"  # the package's kernels are CUDA-only; its tests run a CPU stand-in by setting "cpu"
-
-    def _check(self, q) -> None:
-        if q.device.type != self.device_type or q.dtype not in (torch.float16, torch.bfloat16):
-            raise ValueError(f"block backend 'flash_attn' needs fp16/bf16 CUDA tensors, got {q.dtype} on {q.device}")
-        d = q.shape[-1]
-        if d % 8 != 0 or d > 256:
-            # flash-attn would pad such a head dim and hand back padded outputs; refuse rather than mis-slice.
-            raise ValueError(f"block backend 'flash_attn' needs a head dim that is a multiple of 8 up to 256, got {d}")
-
-    def _dense_ops(self, q):
-        self._check(q)
-        return self._dense_forward, self._dense_backward
-
-    def _dense_forward(self, q, k, v, *, causal, scale):
-        res = self._fai._flash_attn_forward(
-            q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous(),
-            dropout_p=0.0, softmax_scale=scale, causal=causal, softcap=0.0, alibi_slopes=None,
-            return_softmax=False, **self._window())
-        out, lse = (res[0], res[1]) if len(res) == 4 else (res[0], res[5])
-        return out.transpose(1, 2), normalise_lse(lse)
-
-    def _dense_backward(self, dout, q, k, v, out, lse, *, causal, scale):
-        qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))
-        dq, dk, dv = torch.empty_like(qt), torch.empty_like(kt), torch.empty_like(vt)
-        self._fai._flash_attn_backward(
-            dout.to(q.dtype).transpose(1, 2).contiguous(), qt, kt, vt, out.to(q.dtype).transpose(1, 2).contiguous(),
-            lse.float().contiguous(), dq, dk, dv, dropout_p=0.0, softmax_scale=scale, causal=causal, softcap=0.0,
-            alibi_slopes=None, deterministic=False, rng_state=None, **self._window())
-        return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
+    return FlashAttnBackend()
 
 
 _FACTORIES: Mapping[str, Callable[[], Any]] = MappingProxyType({
     "math": MathBackend,
     "torch": TorchBackend,
     "triton": TritonBackend,
-    "flash_attn": FlashAttnBackend,
+    "flash_attn": _flash_attn_backend,
 })
 
 

@@ -116,3 +116,13 @@ def check_all_cases(rank: int, world: int, cfg, seed: int = 0, cases=CASES) -> i
     for i, case in enumerate(cases):
         check_case(cfg, case, seed + i)
     return len(cases)
+
+
+def block_inputs(hq=4, hkv=2, s=24, d=8, dtype=torch.float64, seed=0):
+    """Random fp64-made (q, k, v) with GQA and packed-document segment ids for block-backend tests."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, hq, s, d, generator=g, dtype=torch.float64).to(dtype)
+    k = torch.randn(2, hkv, s, d, generator=g, dtype=torch.float64).to(dtype)
+    v = torch.randn(2, hkv, s, d, generator=g, dtype=torch.float64).to(dtype)
+    seg = torch.cumsum((packed_positions(2, s, g) == 0).long(), dim=-1)
+    return q, k, v, seg

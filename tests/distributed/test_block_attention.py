@@ -7,28 +7,15 @@ import pytest
 import torch
 
 from longvila.distributed.block_attention import (
-    FlashAttnBackend,
     MathBackend,
     TorchBackend,
-    cuda_flash_backward,
-    cuda_flash_forward,
     available_backends,
     block_attention,
     get_block_backend,
 )
 from longvila.distributed.lse import merge_attention
 
-from . import flash_attn_standin
-from .sp_cases import packed_positions, reference_attention
-
-
-def _inputs(hq=4, hkv=2, s=24, d=8, dtype=torch.float64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(2, hq, s, d, generator=g, dtype=torch.float64).to(dtype)
-    k = torch.randn(2, hkv, s, d, generator=g, dtype=torch.float64).to(dtype)
-    v = torch.randn(2, hkv, s, d, generator=g, dtype=torch.float64).to(dtype)
-    seg = torch.cumsum((packed_positions(2, s, g) == 0).long(), dim=-1)
-    return q, k, v, seg
+from .sp_cases import block_inputs, reference_attention
 
 
 def _ref_grads(q, k, v, seg, causal, scale, dout):
@@ -43,7 +30,7 @@ def _ref_grads(q, k, v, seg, causal, scale, dout):
 @pytest.mark.parametrize("packed", [True, False])
 @pytest.mark.parametrize("hkv", [4, 2, 1])
 def test_backend_matches_reference(backend, causal, packed, hkv):
-    q, k, v, seg = _inputs(hkv=hkv)
+    q, k, v, seg = block_inputs(hkv=hkv)
     seg = seg if packed else None
     dout = torch.randn_like(q)
     ref_out, ref_grads = _ref_grads(q, k, v, seg, causal, 0.3, dout)
@@ -57,7 +44,7 @@ def test_backend_matches_reference(backend, causal, packed, hkv):
 
 
 def test_torch_backend_fp32_and_lse():
-    q, k, v, _ = _inputs(dtype=torch.float32)
+    q, k, v, _ = block_inputs(dtype=torch.float32)
     out, lse = get_block_backend("torch").forward(q, k, v, causal=True, scale=0.3)
     ref_out, ref_lse = MathBackend().forward(q.double(), k.double(), v.double(), causal=True, scale=0.3)
     assert lse.dtype == torch.float32 and lse.shape == q.shape[:3]
@@ -67,7 +54,7 @@ def test_torch_backend_fp32_and_lse():
 
 @pytest.mark.parametrize("backend", ["math", "torch"])
 def test_rows_without_keys_are_zero_with_neg_inf_lse(backend):
-    q, k, v, _ = _inputs(s=6)
+    q, k, v, _ = block_inputs(s=6)
     q_seg = torch.tensor([[1, 1, 2, 2, 3, 3]] * 2)
     k_seg = torch.tensor([[1, 1, 1, 3, 3, 3]] * 2)  # no key of segment 2
     be = get_block_backend(backend)
@@ -100,7 +87,7 @@ def test_blockwise_forward_and_backward_against_global_lse(backend):
         dtype, tol = torch.float32, 2e-3
     else:
         be = get_block_backend(backend)
-    q, k, v, seg = (t.to(device) for t in _inputs(hkv=2, s=16))
+    q, k, v, seg = (t.to(device) for t in block_inputs(hkv=2, s=16))
     dout = torch.randn_like(q)
     ref_out, (rdq, rdk, rdv) = _ref_grads(q, k, v, seg, False, 0.4, dout)
     q, k, v, dout = (t.to(dtype) for t in (q, k, v, dout))
@@ -125,7 +112,7 @@ def test_blockwise_forward_and_backward_against_global_lse(backend):
 
 
 def test_contract_validation_errors():
-    q, k, v, seg = _inputs()
+    q, k, v, seg = block_inputs()
     be = get_block_backend("math")
     with pytest.raises(ValueError, match="together"):
         be.forward(q, k, v, causal=False, scale=1.0, q_segment_ids=seg)
@@ -142,7 +129,7 @@ def test_contract_validation_errors():
 def test_causal_non_square_block_is_top_left_aligned(backend, sq, sk):
     """Query i sees keys 0..i whatever the block's shape (the Triton kernel's rule); the torch backend, whose
     fused ops would align such a block bottom-right, must agree with an explicit mask."""
-    q, k, v, seg = _inputs()
+    q, k, v, seg = block_inputs()
     q, k, v = q[:, :, :sq], k[:, :, :sk], v[:, :, :sk]
     mask = torch.arange(sk)[None, :] <= torch.arange(sq)[:, None]
     want_lse = torch.logsumexp((q @ k.repeat_interleave(2, 1).transpose(-1, -2) * 0.3).masked_fill(~mask, -torch.inf),
@@ -156,20 +143,6 @@ def test_causal_non_square_block_is_top_left_aligned(backend, sq, sk):
         square, _ = get_block_backend(backend).forward(torch.cat([q, k.repeat_interleave(2, 1)[:, :, sq:]], 2), k, v,
                                                        causal=True, scale=0.3)
         torch.testing.assert_close(out, square[:, :, :sq], atol=1e-12, rtol=0)
-
-
-@pytest.mark.parametrize("hkv,s,d", [(4, 100, 64), (2, 37, 80), (1, 5, 128)])
-def test_cuda_flash_op_binding_on_meta_tensors(hkv, s, d):
-    """The CUDA route calls libtorch's flash op and its backward with arguments that bind, and gets the contract's
-    shapes back (GQA grads at the kv head count, fp32 LSE (B, H, S)). Checked on ``meta`` tensors, which run the
-    ops' shape functions without a GPU; the numbers are checked on CUDA by test_cuda_backends_match_cpu_reference."""
-    q = torch.empty(2, 4, s, d, device="meta", dtype=torch.bfloat16)
-    k = torch.empty(2, hkv, s, d, device="meta", dtype=torch.bfloat16)
-    out, lse = cuda_flash_forward(q, k, k, causal=True, scale=0.1)
-    assert out.shape == q.shape and out.dtype == q.dtype
-    assert lse.shape == q.shape[:3] and lse.dtype == torch.float32
-    dq, dk, dv = cuda_flash_backward(out, q, k, k, out, lse, causal=True, scale=0.1)
-    assert dq.shape == q.shape and dk.shape == k.shape and dv.shape == k.shape
 
 
 def test_torch_backend_routes():
@@ -190,7 +163,7 @@ def test_torch_backend_routes():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_packed_blocks_in_low_precision_match_float64(dtype):
     """The per-document route in the dtypes training uses, against the float64 reference (GQA, uneven blocks)."""
-    q, k, v, seg = _inputs(hkv=2, s=41, d=16, seed=3)
+    q, k, v, seg = block_inputs(hkv=2, s=41, d=16, seed=3)
     dout = torch.randn_like(q)
     ref_out, ref_grads = _ref_grads(q, k, v, seg, True, 0.25, dout)
     be = TorchBackend()
@@ -215,7 +188,7 @@ def test_packed_blocks_never_take_the_quadratic_path(monkeypatch):
     be = TorchBackend()
     monkeypatch.setattr(be._math, "forward", refuse)
     monkeypatch.setattr(be._math, "backward", refuse)
-    q, k, v, seg = _inputs(hkv=2, s=29)
+    q, k, v, seg = block_inputs(hkv=2, s=29)
     dout = torch.randn_like(q)
     for causal, ks in ((True, slice(None)), (False, slice(7, 23))):
         kseg = seg[:, ks]
@@ -231,59 +204,6 @@ def test_packed_blocks_never_take_the_quadratic_path(monkeypatch):
                                       q_segment_ids=seg, k_segment_ids=kseg)
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
-
-
-@pytest.mark.parametrize("version", ["2.6", "2.7"])
-def test_flash_attn_backend_against_float64_on_a_cpu_standin(version, monkeypatch):
-    """The flash_attn backend's own code, on a CPU stand-in of the package's internal API (flash-attn itself is
-    CUDA-only): whole blocks, ring-style uneven key blocks, and packed documents, which must run per document
-    (the math path is refused), in bf16 against the float64 math backend, backward against the given LSE."""
-    flash_attn_standin.install(monkeypatch, version)
-    monkeypatch.setattr(FlashAttnBackend, "device_type", "cpu")
-    be = FlashAttnBackend()
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the flash_attn backend fell back to the O(S^2) math path")
-
-    monkeypatch.setattr(be._math, "forward", refuse)
-    monkeypatch.setattr(be._math, "backward", refuse)
-    ref = MathBackend()
-    q, k, v, seg = _inputs(hkv=2, s=29, d=16, seed=5)
-    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(6), dtype=q.dtype)
-    for causal, packed, ks in ((True, False, slice(None)), (False, False, slice(7, 23)), (True, True, slice(None)),
-                               (False, True, slice(7, 23))):
-        q_seg, k_seg = (seg, seg[:, ks]) if packed else (None, None)
-        kb, vb = k[:, :, ks], v[:, :, ks]
-        want_out, want_lse = ref.forward(q, kb, vb, causal=causal, scale=0.3, q_segment_ids=q_seg,
-                                         k_segment_ids=k_seg)
-        lq, lk, lv, ld = (t.bfloat16() for t in (q, kb, vb, dout))
-        out, lse = be.forward(lq, lk, lv, causal=causal, scale=0.3, q_segment_ids=q_seg, k_segment_ids=k_seg)
-        assert out.dtype == torch.bfloat16 and lse.dtype == torch.float32 and lse.shape == q.shape[:3]
-        torch.testing.assert_close(out.double(), want_out, atol=3e-2, rtol=0)
-        torch.testing.assert_close(lse.double(), want_lse, atol=3e-2, rtol=0)  # -inf rows must match exactly
-        grads = be.backward(ld, lq, lk, lv, want_out.bfloat16(), want_lse.float(), causal=causal, scale=0.3,
-                            q_segment_ids=q_seg, k_segment_ids=k_seg)
-        wants = ref.backward(dout, q, kb, vb, want_out, want_lse, causal=causal, scale=0.3, q_segment_ids=q_seg,
-                             k_segment_ids=k_seg)
-        for got, want in zip(grads, wants):
-            assert got.shape == want.shape and got.dtype == torch.bfloat16
-            # Key gradients here reach |7|, where one bf16 step is 0.03: two bf16 epsilons relative, on top.
-            torch.testing.assert_close(got.double(), want, atol=6e-2, rtol=1.6e-2)
-
-
-def test_flash_attn_backend_refuses_what_the_package_cannot_take(monkeypatch):
-    flash_attn_standin.install(monkeypatch, "2.7")
-    be = FlashAttnBackend()
-    q, k, v, seg = _inputs(hkv=2, s=8, d=16)
-    with pytest.raises(ValueError, match="fp16/bf16 CUDA"):  # CPU tensors, packed or not
-        be.forward(q.bfloat16(), k.bfloat16(), v.bfloat16(), causal=True, scale=0.3, q_segment_ids=seg,
-                   k_segment_ids=seg)
-    monkeypatch.setattr(FlashAttnBackend, "device_type", "cpu")
-    with pytest.raises(ValueError, match="fp16/bf16 CUDA"):
-        be.forward(q.float(), k.float(), v.float(), causal=True, scale=0.3)
-    q, k, v, _ = _inputs(hkv=2, s=8, d=12, dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match="multiple of 8"):
-        be.forward(q, k, v, causal=True, scale=0.3)
 
 
 def test_backend_lookup_and_custom_backend_in_the_dispatcher():
@@ -305,7 +225,7 @@ def test_backend_lookup_and_custom_backend_in_the_dispatcher():
     assert get_block_backend(custom) is custom
     dispatcher = AttentionDispatcher(backend=custom)
     assert dispatcher.backend is custom
-    q, k, v, _ = _inputs()
+    q, k, v, _ = block_inputs()
     module = torch.nn.Module()
     out, _ = dispatcher(module, q, k, v, scaling=0.3)
     out2, _ = AttentionDispatcher(backend="math")(module, q, k, v, scaling=0.3)
@@ -326,7 +246,7 @@ def test_optional_backends_fail_clearly():
 def test_triton_backend_conforms():
     tri, device = _triton_or_skip()
     ref = MathBackend()
-    q, k, v, seg = (t.to(device) for t in _inputs(hkv=2, s=20, dtype=torch.float32))
+    q, k, v, seg = (t.to(device) for t in block_inputs(hkv=2, s=20, dtype=torch.float32))
     for causal, s in ((True, None), (False, seg), (True, seg)):
         o1, l1 = tri.forward(q, k, v, causal=causal, scale=0.3, q_segment_ids=s, k_segment_ids=s)
         o2, l2 = ref.forward(q, k, v, causal=causal, scale=0.3, q_segment_ids=s, k_segment_ids=s)
@@ -351,7 +271,7 @@ def test_cuda_backends_match_cpu_reference(backend, dtype):
     if backend == "flash_attn" and importlib.util.find_spec("flash_attn") is None:
         pytest.skip("flash-attn is not installed")
     tol = 1e-4 if dtype == torch.float32 else 3e-2
-    q, k, v, seg = _inputs(hkv=2, s=67, d=64)
+    q, k, v, seg = block_inputs(hkv=2, s=67, d=64)
     dout = torch.randn_like(q)
     be = get_block_backend(backend)
     for causal, s in ((True, None), (False, None), (True, seg)):
