@@ -78,20 +78,20 @@ def _ce_chunk_torch(logits, labels, grad):
     return loss
 
 
-_FP32_OUT_OK: dict[str, bool] = {}  # device type -> whether torch's out_dtype=fp32 GEMM overloads work there
+_NO_FP32_OUT = (RuntimeError, TypeError, NotImplementedError)  # a torch without the out_dtype GEMM overloads
 
 
 def _mm_fp32(a, b):
-    """a @ b with an fp32 result; 16-bit inputs use cuBLAS' fp32 output where available (no bf16 rounding)."""
+    """a @ b with an fp32 result; 16-bit inputs on CUDA use cuBLAS' fp32 output (no bf16 rounding) where torch has
+    the ``out_dtype`` overload. Nothing is remembered between calls: on a torch without it, the failed attempt
+    costs microseconds next to the chunk's GEMM."""
     if a.dtype == torch.float32:
         return a @ b
-    if _FP32_OUT_OK.get(a.device.type, a.is_cuda):
+    if a.is_cuda:
         try:
-            out = torch.mm(a, b, out_dtype=torch.float32)
-            _FP32_OUT_OK[a.device.type] = True
-            return out
-        except (RuntimeError, TypeError, NotImplementedError):
-            _FP32_OUT_OK[a.device.type] = False
+            return torch.mm(a, b, out_dtype=torch.float32)
+        except _NO_FP32_OUT:
+            pass
     return (a @ b).float()
 
 
@@ -99,11 +99,11 @@ def _addmm_fp32_(acc, a, b):
     """acc += a @ b with acc fp32: in place in cuBLAS (fp32 C, 16-bit A/B) where available, no V x H temporary."""
     if a.dtype == torch.float32:
         return acc.addmm_(a, b)
-    if _FP32_OUT_OK.get(a.device.type, a.is_cuda):
+    if a.is_cuda:
         try:
             return torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
-        except (RuntimeError, TypeError, NotImplementedError):
-            _FP32_OUT_OK[a.device.type] = False
+        except _NO_FP32_OUT:
+            pass
     return acc.add_((a @ b).float())
 
 
