@@ -3,10 +3,11 @@
 One chain of stage-4 runs (fp32, CPU, gloo), each resuming the previous run's checkpoint on a new layout with the
 same global batch of 2 (micro-batch x GAS x DP):
 
-    2 ranks DP 2  ->  1 process (GAS 2)  ->  4 ranks SP 2 x DP 2  ->  2 ranks SP 2 (GAS 2)  ->  4 ranks SP 4 (GAS 2)
+    2 ranks DP 2  ->  1 process (GAS 2)  ->  4 ranks SP 2 x DP 2  ->  4 ranks SP 4 = ring 2 x Ulysses 2 (GAS 2)
 
-so it covers "2 DP -> 1 process", "SP 2 x DP 2 -> SP 2" and "SP 2 -> SP 4". Every resumed step must give the
-uninterrupted run's loss to 1e-5 and train on exactly the same samples (``--log_sample_ids``).
+so it covers "2 DP -> 1 process", "1 process -> SP 2 x DP 2" and "SP 2 x DP 2 (Ulysses) -> SP 4 (2D)". Every
+resumed step must give the uninterrupted run's loss to 1e-5 and train on exactly the same samples
+(``--log_sample_ids``).
 """
 
 import subprocess
@@ -17,15 +18,13 @@ import pytest
 from longvila.engine.metrics import read_metrics
 from tests.stages.sample_logs import read_sample_logs
 
-STEPS = 10
+STEPS = 8
 CHAIN = [  # (name, ranks, flags, resumes from the previous run's step)
     ("dp2", 2, ["--per_device_train_batch_size", "1"], None),
     ("single", 1, ["--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "2"], 2),
     ("sp2dp2", 4, ["--per_device_train_batch_size", "1", "--seq_parallel_size", "2"], 4),
-    ("sp2", 2, ["--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "2",
-                "--seq_parallel_size", "2", "--seq_parallel_ring_size", "2"], 6),
-    ("sp4", 4, ["--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "2",
-                "--seq_parallel_size", "4"], 8),
+    ("sp4_2d", 4, ["--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "2",
+                   "--seq_parallel_size", "4", "--seq_parallel_ring_size", "2"], 6),
 ]
 
 

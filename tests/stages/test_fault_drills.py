@@ -27,11 +27,20 @@ LAYOUTS = {"s4_context_ext": ["--per_device_train_batch_size", "1"],  # DP 2
            "s5_long_video_sft": ["--seq_parallel_size", "2", "--seq_parallel_ring_size", "2"]}  # MM-SP zigzag 2
 
 
-def launch(stage, flags, env, fault=None, resume=True):
+def start(stage, flags, env, fault=None, resume=True) -> subprocess.Popen:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", f"longvila.stages.{stage}", *flags, *(["--resume_from_checkpoint", "latest"] if resume else [])]
     env = dict(env, **({"LONGVILA_FAULT": fault} if fault else {}))
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
+    stdout, stderr = process.communicate(timeout=600)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def launch(stage, flags, env, fault=None, resume=True) -> subprocess.CompletedProcess:
+    return finish(start(stage, flags, env, fault, resume))
 
 
 def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
@@ -58,12 +67,14 @@ def test_kill_chain_resumes_to_bit_identical_weights(stage, stage_flags, subproc
         return stage_flags(stage, tmp_path / name, "--max_steps", str(STEPS), "--save_steps", str(SAVE_EVERY),
                            "--learning_rate", "1e-3", *LAYOUTS[stage])
 
-    reference = launch(stage, flags("reference"), subprocess_env, resume=False)
-    assert reference.returncode == 0, reference.stderr[-3000:]
+    # The uninterrupted reference runs beside the first drill launch (its own output folder and rendezvous port).
+    reference_run = start(stage, flags("reference"), subprocess_env, resume=False)
     out = tmp_path / "drill"
 
     killed = launch(stage, flags("drill"), subprocess_env, fault="mid_step:3", resume=False)
     assert killed.returncode != 0 and complete_steps(out) == [2], killed.stderr[-3000:]
+    reference = finish(reference_run)
+    assert reference.returncode == 0, reference.stderr[-3000:]
 
     killed = launch(stage, flags("drill"), subprocess_env, fault="mid_save:4:1")
     assert killed.returncode != 0 and complete_steps(out) == [2], killed.stderr[-3000:]
