@@ -144,7 +144,7 @@ def _block_step(backend, q, k, v, seg):
 def test_torch_block_backend_packed(benchmark, device, rounds):
     benchmark.group = "block-backend-packed-fwd_bwd"
     torch_backend, math_backend, (q, k, v, seg) = _packed_inputs(device)
-    assert torch_backend._route(q, seg, seg, True)[0] == "documents"
+    assert torch_backend._route(q, k, True, seg, seg)[0] == "documents"
     ours_step, base_step = _block_step(torch_backend, q, k, v, seg), _block_step(math_backend, q, k, v, seg)
     ours = run_benchmark(benchmark, ours_step, rounds)
     base = median_seconds(base_step, rounds["rounds"], rounds["warmup_rounds"])

@@ -1,7 +1,7 @@
 """Triton kernels (flash attention with LSE, LSE merge, RMSNorm, RoPE, chunked linear+CE) and backend selection.
 
-Each kernel lives in its own module beside its ``torch.autograd.Function`` and the torch path that runs where it
-cannot launch. The kernels are tested against the references the rest of the package already has (the block
+Each kernel lives in its own module beside its ``torch.autograd.Function`` (and, for RMSNorm, RoPE and the
+chunked cross-entropy, the torch path that runs where a kernel cannot launch). The kernels are tested against the references the rest of the package already has (the block
 backends' ``MathBackend``, the model's ``cross_entropy_sum``, the RMSNorm and RoPE torch paths) in fp64. This
 package imports on any machine (CPU-only, or without triton at all); only launching a kernel needs a CUDA device
 or the CPU interpreter, which a process gets by starting with ``TRITON_INTERPRET=1`` in its environment (the mode is

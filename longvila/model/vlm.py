@@ -74,7 +74,8 @@ def use_longvila_attention(llm: nn.Module) -> None:
 
     from longvila.distributed.attention import AttentionDispatcher
 
-    AttentionInterface.register(ATTN_IMPLEMENTATION, AttentionDispatcher())  # stateless: registering again is a no-op
+    # The default layout (no SP, torch backend): registering again swaps in an equivalent dispatcher.
+    AttentionInterface.register(ATTN_IMPLEMENTATION, AttentionDispatcher())
     llm.config._attn_implementation = ATTN_IMPLEMENTATION
 
 

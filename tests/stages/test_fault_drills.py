@@ -13,6 +13,7 @@ the previous one left, and the final weights must be bit-identical to an uninter
 
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,20 +28,29 @@ LAYOUTS = {"s4_context_ext": ["--per_device_train_batch_size", "1"],  # DP 2
            "s5_long_video_sft": ["--seq_parallel_size", "2", "--seq_parallel_ring_size", "2"]}  # MM-SP zigzag 2
 
 
-def start(stage, flags, env, fault=None, resume=True) -> subprocess.Popen:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", f"longvila.stages.{stage}", *flags, *(["--resume_from_checkpoint", "latest"] if resume else [])]
-    env = dict(env, **({"LONGVILA_FAULT": fault} if fault else {}))
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-
-
-def finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
-    stdout, stderr = process.communicate(timeout=600)
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+def command(stage, flags, resume=True) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", f"longvila.stages.{stage}", *flags, *(["--resume_from_checkpoint", "latest"] if resume else [])]
 
 
 def launch(stage, flags, env, fault=None, resume=True) -> subprocess.CompletedProcess:
-    return finish(start(stage, flags, env, fault, resume))
+    env = dict(env, **({"LONGVILA_FAULT": fault} if fault else {}))
+    return subprocess.run(command(stage, flags, resume), capture_output=True, text=True, timeout=600, env=env)
+
+
+@contextmanager
+def in_background(stage, flags, env, log: Path):
+    """A launch that runs beside the test's other launches (output to ``log``, so no pipe can fill); yields a
+    function that waits for it and returns ``(returncode, log text)``. Killed if the test fails first."""
+    with open(log, "w") as out:
+        process = subprocess.Popen(command(stage, flags, resume=False), stdout=out, stderr=subprocess.STDOUT,
+                                   text=True, env=env)
+        try:
+            yield lambda: (process.wait(timeout=600), log.read_text())
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
@@ -67,14 +77,13 @@ def test_kill_chain_resumes_to_bit_identical_weights(stage, stage_flags, subproc
         return stage_flags(stage, tmp_path / name, "--max_steps", str(STEPS), "--save_steps", str(SAVE_EVERY),
                            "--learning_rate", "1e-3", *LAYOUTS[stage])
 
-    # The uninterrupted reference runs beside the first drill launch (its own output folder and rendezvous port).
-    reference_run = start(stage, flags("reference"), subprocess_env, resume=False)
     out = tmp_path / "drill"
-
-    killed = launch(stage, flags("drill"), subprocess_env, fault="mid_step:3", resume=False)
-    assert killed.returncode != 0 and complete_steps(out) == [2], killed.stderr[-3000:]
-    reference = finish(reference_run)
-    assert reference.returncode == 0, reference.stderr[-3000:]
+    # The uninterrupted reference runs beside the first drill launch (its own output folder and rendezvous port).
+    with in_background(stage, flags("reference"), subprocess_env, tmp_path / "reference.log") as reference:
+        killed = launch(stage, flags("drill"), subprocess_env, fault="mid_step:3", resume=False)
+        assert killed.returncode != 0 and complete_steps(out) == [2], killed.stderr[-3000:]
+        returncode, log = reference()
+        assert returncode == 0, log[-3000:]
 
     killed = launch(stage, flags("drill"), subprocess_env, fault="mid_save:4:1")
     assert killed.returncode != 0 and complete_steps(out) == [2], killed.stderr[-3000:]
