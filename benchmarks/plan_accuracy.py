@@ -7,9 +7,10 @@ Part 1 predicts every row of ours in the long-context memory benchmark's result 
 (``benchmarks/results/cpu-*-long-context-memory*.json``: fp32 CPU stage-4 steps at real layer shapes) and prints
 predicted vs measured with the relative error. ``--live`` adds a fresh measurement: a Qwen2-0.5B-shape, one-layer
 VILA checkpoint trained for two steps at 1,024 tokens in one process (``longvila.plan.measured.live_comparison``,
-the same run ``tests/plan/test_accuracy.py`` makes). Part 2 runs the planner on the published runs of ``longvila.plan.published`` and prints its verdict, the
-layout it picks and the longest sample that fits. Writes ``plan_accuracy.json`` and ``plan_accuracy.png``
-(predicted against measured, with the 10% band) into ``--output_dir``; the tables go to stdout as Markdown.
+the same run ``tests/plan/test_accuracy.py`` makes). Part 2 runs the planner on the published runs of
+``longvila.plan.published`` and prints its verdict, the layout it picks and the longest sample that fits. Writes
+``plan_accuracy.json`` and ``plan_accuracy.png`` (predicted against measured, with the 10% band) into
+``--output_dir``; the tables go to stdout as Markdown.
 """
 
 from __future__ import annotations

@@ -78,7 +78,6 @@ def normalize_turns(conversations) -> list[tuple[str, str]]:
     return turns
 
 
-
 @dataclass(frozen=True)
 class ChatFormat:
     """One chat markup: a turn is ``open`` role [``close``] ``suffix`` content ``end`` ``after_end``.

@@ -54,9 +54,12 @@ class _RingComm:
         return bufs, dist.batch_isend_irecv(ops)
 
     @staticmethod
-    def wait(reqs) -> None:
+    def receive(pending) -> list[torch.Tensor]:
+        """The receive buffers of an :meth:`exchange` once all its sends and receives have completed."""
+        bufs, reqs = pending
         for req in reqs:
             req.wait()
+        return bufs
 
 
 def _block_plan(step: int, rank: int, world: int, seq: int, causal: bool, zigzag: bool):
@@ -88,8 +91,7 @@ def _receive_kv(comm, pending, kv, kseg):
     """The previous rank's k/v and key segment ids once :func:`_pass_kv_on`'s exchange completes."""
     if pending is None:
         return kv, kseg
-    bufs, reqs = pending
-    comm.wait(reqs)
+    bufs = comm.receive(pending)
     return bufs[0], (bufs[1] if kseg is not None else None)
 
 
@@ -134,9 +136,7 @@ def _ring_backward(dout, q, k, v, out, lse, seg, scale, causal, zigzag, comm, ba
         if step == 0:
             dkv = torch.zeros(kv.shape, dtype=acc, device=kv.device)
         else:
-            bufs, reqs = dkv_pending
-            comm.wait(reqs)
-            dkv = bufs[0]
+            dkv = comm.receive(dkv_pending)[0]
         if grads is not None:
             ks, dk_b, dv_b = grads
             dkv[0][:, :, ks] += dk_b.to(acc)
@@ -146,9 +146,7 @@ def _ring_backward(dout, q, k, v, out, lse, seg, scale, causal, zigzag, comm, ba
             dkv_pending = comm.exchange([(dkv, _TAG_DKV)])
         kv, kseg = _receive_kv(comm, kv_pending, kv, kseg)
     if comm.world > 1:
-        bufs, reqs = dkv_pending
-        comm.wait(reqs)
-        dkv = bufs[0]
+        dkv = comm.receive(dkv_pending)[0]
     return dq, dkv[0], dkv[1]
 
 

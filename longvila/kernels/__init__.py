@@ -1,9 +1,9 @@
 """Triton kernels (flash attention with LSE, LSE merge, RMSNorm, RoPE, chunked linear+CE) and backend selection.
 
 Each kernel lives in its own module beside its ``torch.autograd.Function`` (and, for RMSNorm, RoPE and the
-chunked cross-entropy, the torch path that runs where a kernel cannot launch). The kernels are tested against the references the rest of the package already has (the block
-backends' ``MathBackend``, the model's ``cross_entropy_sum``, the RMSNorm and RoPE torch paths) in fp64. This
-package imports on any machine (CPU-only, or without triton at all); only launching a kernel needs a CUDA device
+chunked cross-entropy, the torch path that runs where a kernel cannot launch). The kernels are tested against the
+references the rest of the package already has (the block backends' ``MathBackend``, the model's
+``cross_entropy_sum``, the RMSNorm and RoPE torch paths) in fp64. This package imports on any machine (CPU-only, or without triton at all); only launching a kernel needs a CUDA device
 or the CPU interpreter, which a process gets by starting with ``TRITON_INTERPRET=1`` in its environment (the mode is
 fixed when the kernels are imported; see ``_triton.py``). Kernel modules are imported lazily by their users.
 """
@@ -47,7 +47,6 @@ def require_triton(device: torch.device | str, what: str) -> None:
             f"{what} cannot run on {dev}: it needs a CUDA device, or TRITON_INTERPRET=1 for the (slow) CPU "
             "interpreter"
         )
-
 
 
 def resolve_attn_backend(name: str, device: torch.device | str) -> str:

@@ -82,5 +82,4 @@ def enable_fused_kernels(model) -> FusedReport:
     return report
 
 
-
 __all__ = ["FusedReport", "enable_fused_kernels", "fuse_rope"]

@@ -79,7 +79,6 @@ def downsample_grid(x: torch.Tensor, factor: int, token_order: str = "row_major"
     return grid.permute(order).reshape(n, cells * cells, factor * factor * c)
 
 
-
 def tokens_per_frame(num_patches: int, projector_type: str) -> int:
     """Number of LLM tokens one frame becomes after the projector (196 for SigLIP-384 with mlp_downsample)."""
     _check_type(projector_type)

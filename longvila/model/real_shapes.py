@@ -25,7 +25,8 @@ LLM_SHAPES = {name: dict(zip(_LLM_FIELDS, row)) for name, row in {
 }.items()}
 """Layer shapes of released LLMs (their HF config.json values); ``num_hidden_layers`` is chosen per use."""
 
-RELEASED_LAYERS = {"qwen2-0.5b": 24, "qwen2-1.5b": 28, "qwen2-7b": 28, "llama3-8b": 32, "llama2-7b": 32, "siglip-so400m": 27}
+RELEASED_LAYERS = {"qwen2-0.5b": 24, "qwen2-1.5b": 28, "qwen2-7b": 28, "llama3-8b": 32, "llama2-7b": 32,
+                   "siglip-so400m": 27}
 """Layer counts of the released models, for planning at full depth (``longvila.plan``)."""
 
 VISION_SHAPES = {

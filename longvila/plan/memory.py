@@ -72,10 +72,10 @@ class MemoryBreakdown:
     host_offload_gib: float
     gradient_bucket_gib: float
     layer_gradients_gib: float
+    """Gradients reduced by the time the first decoder layer's backward ends (all but a trainable embedding's)."""
     head_gradient_gib: float
     """A training LM head's weight gradient: formed by the loss (inside its buffers while it runs), it stays through
     every layer's backward."""
-    """Gradients reduced by the time the first decoder layer's backward ends (all but a trainable embedding's)."""
 
     @property
     def persistent_gib(self) -> float:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from longvila.model.media_expansion import video_positions
+
 DEEPSPEED_CONFIGS = ("zero2", "zero2_offload", "zero3", "zero3_offload")
 """The packaged DeepSpeed configs a plan chooses between, cheapest in time first."""
 VIDEO_TEXT_TOKENS = 256
@@ -26,8 +28,6 @@ class Workload:
         """Each frame is its projected tokens plus one newline embedding (VILA's video layout)."""
         if frames < 1:
             raise ValueError(f"--num_video_frames must be at least 1, got {frames}")
-        from longvila.model.media_expansion import video_positions
-
         return cls(tokens=video_positions(frames, tokens_per_frame) + text_tokens, frames=frames)
 
 

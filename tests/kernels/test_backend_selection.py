@@ -30,7 +30,6 @@ def test_interpreter_is_active_on_cpu():
     assert kernels.resolve_attn_backend("triton", "cpu") == "triton"
 
 
-
 def _run_python(code: str, interpret: bool) -> None:
     """Run ``code`` in a fresh CPU-only interpreter whose environment has ``TRITON_INTERPRET=1`` or lacks it (the
     mode is fixed at import, so only a new process can show either)."""
