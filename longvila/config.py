@@ -19,6 +19,7 @@ from transformers import HfArgumentParser
 
 from longvila.distributed.mesh import SequenceParallelConfig
 from longvila.kernels import ATTN_BACKENDS
+from longvila.model.vlm import DEFAULT_VISION_CHUNK_FRAMES
 from longvila.recipes import deepspeed_config_path, recipe_path as packaged_recipe_path
 
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr")
@@ -63,6 +64,12 @@ class ModelArguments:
     tiled_mlp_tokens: int = flag(4096, "Run each decoder MLP in tiles of this many tokens (recomputed in the backward) "
                                  "whenever a rank's sequence is longer; 0 turns tiling off.")
     fused_kernels: bool = flag(False, "Use the Triton RMSNorm / RoPE / chunked linear+CE kernels.")
+    vision_chunk_frames: int = flag(DEFAULT_VISION_CHUNK_FRAMES, "The vision tower encodes a rank's frames this many "
+                                    "at a time and recomputes each chunk in the backward, so its saved activations "
+                                    "do not grow with frames; 0: one call, per-layer checkpoints kept.")
+    mmsp_impl: str = flag("route", "route (each frame feature is sent to the rank holding its position; no rank "
+                          "holds the whole sequence) | gather (the old MM-SP: every rank builds the whole embedded "
+                          "sequence; kept for the long-video memory benchmark).")
 
 
 @dataclass
@@ -77,6 +84,8 @@ class DataArguments:
     model_max_length: int = flag(2048, "Sequence length (tokens) per sample.")
     num_video_frames: int = flag(8, "Frames sampled uniformly from each video.")
     fps: Optional[float] = flag(None, "Cap on sampled frames per second of video.")
+    dataloader_num_workers: int = flag(2, "Background threads that load and decode batches ahead of the step (each "
+                                       "SP rank decodes only the frames it encodes); 0: load inline.")
 
 
 @dataclass
@@ -223,6 +232,9 @@ def validate(args: StageArguments) -> None:
         (m.rope_theta is not None and m.rope_theta <= 0, f"--rope_theta must be > 0, got {m.rope_theta}"),
         (m.attn_backend not in ATTN_BACKENDS,
          f"--attn_backend must be one of {', '.join(ATTN_BACKENDS)}, got {m.attn_backend!r}"),
+        (d.dataloader_num_workers < 0, f"--dataloader_num_workers must be >= 0, got {d.dataloader_num_workers}"),
+        (m.vision_chunk_frames < 0, f"--vision_chunk_frames must be >= 0 (0: off), got {m.vision_chunk_frames}"),
+        (m.mmsp_impl not in ("route", "gather"), f"--mmsp_impl must be route or gather, got {m.mmsp_impl!r}"),
         (m.lora_r < 1, f"--lora_r must be >= 1, got {m.lora_r}"),
         (m.tiled_mlp_tokens < 0, f"--tiled_mlp_tokens must be >= 0 (0: off), got {m.tiled_mlp_tokens}"),
         (m.loss_impl not in ("chunked", "naive"), f"--loss_impl must be chunked or naive, got {m.loss_impl!r}"),

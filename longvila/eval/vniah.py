@@ -28,12 +28,13 @@ Grid and scoring (see :mod:`longvila.eval.grid` and :mod:`longvila.eval.scoring`
     instead, correct when the answer occurs in the output.
 
 Feature cache
-    Haystack frames go through the vision tower + projector ONCE (``model.frame_encoder``, which under SP is the
-    MM-SP sharded encoder), in batches of ``--encode_batch_size``; needles once each. A cell's video is the
-    cached haystack prefix with the needle's features spliced in at the depth. The cached features enter the
-    model through its own ``build_sequence`` (per frame: the tokens, then the "\\n" embedding) by temporarily
-    pointing ``model.frame_encoder`` at them (:func:`cached_frame_features`); the pixels handed to it are a
-    (frames, 1, 1, 1) placeholder.
+    Haystack frames go through the vision tower + projector ONCE (``model.frame_encoder``; under SP each rank
+    encodes 1/SP of them and the features are all-gathered, since every rank splices from the whole cache), in
+    batches of ``--encode_batch_size``; needles once each. A cell's video is the cached haystack prefix with the
+    needle's features spliced in at the depth. The cached features enter the model through its own forward (per
+    frame: the tokens, then the "\\n" embedding) by temporarily pointing ``model.frame_encoder`` at them
+    (:func:`cached_frame_features`); the pixels handed to it are (frames, 1, 1, 1) placeholders numbering the
+    frames.
 """
 
 from __future__ import annotations
@@ -200,9 +201,14 @@ def write_synthetic_haystack(path, num_frames: int, fps: float, grey: int = SYNT
 
 def encode_images(runtime: EvalRuntime, images) -> torch.Tensor:
     """(N, T, H) projected features of PIL images / uint8 arrays through ``model.frame_encoder``."""
+    from longvila.distributed.mmsp import encode_frames_sharded
+
     pixels = pixel_values(runtime.image_processor, images).to(runtime.device, runtime.dtype)
+    layout = getattr(runtime, "layout", None)
     with torch.no_grad():
-        return runtime.model.frame_encoder(pixels)
+        if layout is None or not layout.sp.enabled:
+            return runtime.model.frame_encoder(pixels)
+        return encode_frames_sharded(pixels, runtime.model.frame_encoder, layout.groups.sp_group)
 
 
 @dataclass
@@ -249,21 +255,24 @@ def encode_haystack(runtime: EvalRuntime, path, fps: float | None, max_frames: i
 
 @contextmanager
 def cached_frame_features(model, features: torch.Tensor):
-    """Make ``model.frame_encoder`` return precomputed (N, T, H) features (it is handed an N-frame placeholder)."""
+    """Make ``model.frame_encoder`` return precomputed (N, T, H) features. It is handed (a rank's share of) the
+    :func:`frame_placeholder` frames, each of which carries its frame number."""
 
     def frame_encoder(frames: torch.Tensor) -> torch.Tensor:
-        if frames.shape[0] != features.shape[0]:
-            raise ValueError(f"cached features hold {features.shape[0]} frames, the sequence asks for "
-                             f"{frames.shape[0]}")
-        return features
+        index = frames.reshape(frames.shape[0], -1)[:, 0].round().long()
+        if frames.shape[0] and int(index.max()) >= features.shape[0]:
+            raise ValueError(f"cached features hold {features.shape[0]} frames, the sequence asks for frame "
+                             f"{int(index.max())}")
+        return features[index.to(features.device)]
 
     with swapped(model, frame_encoder=frame_encoder):
         yield
 
 
 def frame_placeholder(num_frames: int) -> torch.Tensor:
-    """What ``build_sequence`` needs to know about a video whose features are cached: its frame count."""
-    return torch.zeros(num_frames, 1, 1, 1)
+    """What the model needs to know about a video whose features are cached: its frame count, and under SP which
+    frames a rank's share holds (each placeholder frame is its own number; a padding frame is 0)."""
+    return torch.arange(num_frames, dtype=torch.float32).view(num_frames, 1, 1, 1)
 
 
 def needle_prompt(tokenizer, question: str, answer: str, system: str | None = DEFAULT_SYSTEM):

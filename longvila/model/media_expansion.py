@@ -4,6 +4,11 @@ Split from the model so each step reads on its own: :func:`check_media` validate
 :func:`expand_row` replaces one sample's placeholders by its frames' features (``<image>``: the frame's T tokens;
 ``<video>``: per frame, T tokens then the "\\n" embedding; expanded positions are ignored by the loss and continue
 their document's positions), and :func:`right_pad` stacks the rows with padding as a document of its own.
+
+:func:`layout_row` is the same expansion without any floating-point tensor: each position gets a token id (text and
+the per-frame newline) or the row of a frame feature it will hold (``frame * tokens_per_frame + token``). Sequence
+parallel training shards that integer layout and embeds only the rank's own positions, so no rank ever holds the
+whole (S x H) sequence (``longvila/distributed/media_routing.py`` brings each feature row to its position).
 """
 
 from __future__ import annotations
@@ -47,6 +52,26 @@ def check_media(input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: t
     return attention_mask, media, is_placeholder
 
 
+def check_frame_counts(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, media_frames: list[list[int]],
+                       ids) -> torch.Tensor:
+    """One-line errors for a batch whose media come as frame counts (each rank loaded only its own frames);
+    returns the bool attention mask."""
+    attention_mask = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
+                      else attention_mask.to(torch.bool))
+    if len(media_frames) != input_ids.shape[0]:
+        raise ValueError(f"media_frames has {len(media_frames)} entries for a batch of {input_ids.shape[0]} samples")
+    for b, counts in enumerate(media_frames):
+        tokens = input_ids[b][attention_mask[b]]
+        kinds = tokens[(tokens == ids.image) | (tokens == ids.video)].tolist()
+        if len(kinds) != len(counts):
+            raise ValueError(f"sample {b}: {len(kinds)} media placeholders but {len(counts)} media entries")
+        for k, (tok, count) in enumerate(zip(kinds, counts)):
+            if count < 1 or (tok == ids.image and count != 1):
+                raise ValueError(f"sample {b} media {k}: {count} frames for a "
+                                 f"{'<image>' if tok == ids.image else '<video>'}")
+    return attention_mask
+
+
 def expand_row(tokens: torch.Tensor, embeds: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None,
                features: Iterator[torch.Tensor], newline: torch.Tensor, image_id: int, video_id: int
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -79,6 +104,51 @@ def expand_row(tokens: torch.Tensor, embeds: torch.Tensor, labels: torch.Tensor,
     return seq_e, seq_l, renumber_documents(torch.cat(chunks_p))
 
 
+def layout_row(tokens: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None, frame_counts: list[int],
+               first_frame: int, tokens_per_frame: int, ids) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                          torch.Tensor]:
+    """One sample's real tokens -> (token ids, feature rows, labels, positions), all (n,) integer.
+
+    Matches :func:`expand_row` position for position: a placeholder with ``frame_counts[k]`` frames becomes, per
+    frame, ``tokens_per_frame`` feature positions (their feature row; token id 0) and for a video the newline
+    token. Frames are numbered over the whole batch from ``first_frame``. Text positions have feature row -1.
+    """
+    device = tokens.device
+    placeholders = ((tokens == ids.image) | (tokens == ids.video)).nonzero().squeeze(1).tolist()
+    if len(placeholders) != len(frame_counts):
+        raise ValueError(f"{len(placeholders)} media placeholders but {len(frame_counts)} media entries")
+    t = tokens_per_frame
+    chunks_i, chunks_f, chunks_l, chunks_p, prev, frame = [], [], [], [], 0, first_frame
+    for p, count in zip(placeholders, frame_counts):
+        chunks_i.append(tokens[prev:p])
+        chunks_f.append(torch.full((p - prev,), -1, dtype=torch.long, device=device))
+        chunks_l.append(labels[prev:p])
+        width = t + 1 if int(tokens[p]) == ids.video else t
+        rows = (frame + torch.arange(count, device=device)).unsqueeze(1) * t + torch.arange(t, device=device)
+        feature_rows = torch.full((count, width), -1, dtype=torch.long, device=device)
+        feature_rows[:, :t] = rows
+        token_ids = torch.zeros((count, width), dtype=torch.long, device=device)
+        token_ids[:, t:] = ids.newline
+        chunks_i.append(token_ids.reshape(-1))
+        chunks_f.append(feature_rows.reshape(-1))
+        chunks_l.append(labels.new_full((count * width,), IGNORE_INDEX))
+        if positions is not None:
+            chunks_p.append(positions[prev:p])
+            chunks_p.append(positions[p] + torch.arange(count * width, device=device))
+        frame += count
+        prev = p + 1
+    chunks_i.append(tokens[prev:])
+    chunks_f.append(torch.full((tokens.shape[0] - prev,), -1, dtype=torch.long, device=device))
+    chunks_l.append(labels[prev:])
+    seq_i, seq_f, seq_l = torch.cat(chunks_i), torch.cat(chunks_f), torch.cat(chunks_l)
+    if positions is None:
+        return seq_i, seq_f, seq_l, torch.arange(seq_i.shape[0], device=device)
+    if not placeholders:
+        return seq_i, seq_f, seq_l, positions
+    chunks_p.append(positions[prev:])
+    return seq_i, seq_f, seq_l, renumber_documents(torch.cat(chunks_p))
+
+
 def renumber_documents(pos: torch.Tensor) -> torch.Tensor:
     """Recount positions after expansion: each document keeps its first position and counts up by one."""
     n = pos.shape[0]
@@ -87,6 +157,14 @@ def renumber_documents(pos: torch.Tensor) -> torch.Tensor:
     starts[0] = True
     start_idx = torch.cummax(torch.where(starts, idx, torch.zeros_like(idx)), dim=0).values
     return pos[start_idx] + (idx - start_idx)
+
+
+def right_pad_rows(rows: list[torch.Tensor], value: int) -> torch.Tensor:
+    """Integer rows (n,) stacked to (B, max n), padded on the right with ``value``."""
+    out = rows[0].new_full((len(rows), max(r.shape[0] for r in rows)), value)
+    for b, row in enumerate(rows):
+        out[b, :row.shape[0]] = row
+    return out
 
 
 def right_pad(

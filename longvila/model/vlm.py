@@ -2,9 +2,15 @@
 
 The forward pass is a fixed pipeline with three swappable hooks, so sequence parallelism and fused kernels plug in
 without subclassing:
-    build_sequence (media expansion, uses ``frame_encoder``) -> shift_labels (global, once)
-    -> ``sequence_sharder`` (identity; SP takes its shard) -> LLM backbone ("longvila" attention)
-    -> ``loss_fn`` (sum, count).
+    build_layout (media expansion as integers: token ids and feature rows) -> shift_labels (global, once)
+    -> ``sequence_sharder`` (identity; SP takes its shard and plans where each frame feature goes)
+    -> embed the rank's positions: text ids through the embedding, its share of the frames through
+       ``frame_encoder`` (in chunks of ``vision_chunk_frames``, recomputed in the backward) and their features
+       routed to their positions -> LLM backbone ("longvila" attention) -> ``loss_fn`` (sum, count).
+
+No floating-point tensor with the whole sequence's length exists on a sequence-parallel rank, and each rank touches
+only its own frames' pixels. ``build_sequence`` (the whole embedded sequence at once) serves generation and the
+``mmsp_impl = "gather"`` path that the long-video memory benchmark compares against.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from torch import nn
 from longvila.constants import IGNORE_INDEX, IMAGE_TOKEN
 from longvila.data.template import video_token_id
 from longvila.model.loss import LossOutput, chunked_cross_entropy_sum, shift_labels
-from longvila.model.media_expansion import check_media, expand_row, right_pad
+from longvila.model.media_expansion import (check_frame_counts, check_media, expand_row, layout_row, right_pad,
+                                            right_pad_rows)
 from longvila.model.tokenizer import newline_token_id, single_token_id
 
 DEFAULT_VILA_CONFIG = {
@@ -59,7 +66,10 @@ class SequenceInputs:
     position_ids: torch.Tensor  # per-document positions; padding restarts at 0 (its own document)
     attention_mask: torch.Tensor  # bool, True on real tokens
     segment_ids: torch.Tensor | None = None  # document ids of the GLOBAL sequence, set by a sequence sharder
-    token_ids: torch.Tensor | None = None  # text-only batches: ids, embedded only after sharding (see forward)
+    token_ids: torch.Tensor | None = None  # ids, embedded only after sharding (see forward); 0 on media positions
+    feature_rows: torch.Tensor | None = None  # frame-feature row each position holds (-1: a token), see layout_row
+    num_frames: int = 0  # frames of the whole batch (feature rows count frame * tokens_per_frame + token)
+    media_routes: object = None  # a sharder's RoutePlan for this rank (longvila/distributed/media_routing.py)
 
 
 ATTN_IMPLEMENTATION = "longvila"
@@ -81,6 +91,11 @@ def use_longvila_attention(llm: nn.Module) -> None:
 
 def _identity(seq: SequenceInputs) -> SequenceInputs:
     return seq
+
+
+DEFAULT_VISION_CHUNK_FRAMES = 8
+"""Frames the vision tower encodes at once when training: the backward recomputes the whole tower per chunk, so
+saved tower activations are one chunk's whatever the frame count (the tower is ~2% of a long-video step's FLOPs)."""
 
 
 class VILAModel(nn.Module):
@@ -107,6 +122,8 @@ class VILAModel(nn.Module):
         self.frame_encoder: Callable[[torch.Tensor], torch.Tensor] = self.encode_frames
         self.sequence_sharder: Callable[[SequenceInputs], SequenceInputs] = _identity
         self.loss_fn: Callable = chunked_cross_entropy_sum
+        self.vision_chunk_frames = DEFAULT_VISION_CHUNK_FRAMES  # 0: one tower call, per-layer checkpoints kept
+        self.mmsp_impl = "route"  # "gather": every rank builds the whole embedded sequence (the old MM-SP)
 
     def set_attention(self, dispatcher: Callable) -> str:
         """Give the LLM ``dispatcher`` (transformers' attention-function signature, e.g. an
@@ -127,15 +144,66 @@ class VILAModel(nn.Module):
         return self.mm_projector.tokens_per_frame((vcfg.image_size // vcfg.patch_size) ** 2)
 
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) processed pixels -> (N, T, H_llm): SigLIP hidden_states[select_layer], all tokens, projected."""
+        """(N, 3, H, W) processed pixels -> (N, T, H_llm): SigLIP hidden_states[select_layer], all tokens, projected.
+
+        With ``vision_chunk_frames`` the frames go through in chunks; while training, each chunk keeps only its
+        pixels and the backward recomputes the whole tower and projector for it. A frozen tower runs without a
+        graph either way.
+        """
         if frames.dim() != 4:
             raise ValueError(f"frames must be (N, 3, H, W), got shape {tuple(frames.shape)}")
+        chunk = self.vision_chunk_frames
+        if not chunk or frames.shape[0] <= chunk and not self._recompute_tower():
+            return self._encode_chunk(frames)
+        if not self._recompute_tower():
+            return torch.cat([self._encode_chunk(part) for part in frames.split(chunk)])
+        from torch.utils.checkpoint import checkpoint
+
+        return torch.cat([checkpoint(self._encode_chunk, part, use_reentrant=False) for part in frames.split(chunk)])
+
+    def _recompute_tower(self) -> bool:
+        parts = (self.vision_tower, self.mm_projector)
+        return bool(self.vision_chunk_frames) and torch.is_grad_enabled() and any(
+            p.requires_grad for part in parts for p in part.parameters())
+
+    def _encode_chunk(self, frames: torch.Tensor) -> torch.Tensor:
         vt_param = next(self.vision_tower.parameters())
-        feats = vision_features(
-            self.vision_tower, frames.to(vt_param.device, vt_param.dtype), self.config["mm_vision_select_layer"]
-        )
+        frozen = not any(p.requires_grad for p in self.vision_tower.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            feats = vision_features(
+                self.vision_tower, frames.to(vt_param.device, vt_param.dtype), self.config["mm_vision_select_layer"]
+            )
         proj_dtype = next(self.mm_projector.parameters()).dtype
         return self.mm_projector(feats.to(proj_dtype))
+
+    def rank_frames(self, media: list[list[torch.Tensor]], media_frames: list[list[int]] | None,
+                    split) -> torch.Tensor:
+        """This rank's frames ``[split.start, split.stop)`` of the batch (frames in text order), on the device,
+        then ``split.num_dummy`` zero frames so every SP rank runs the same tower shapes.
+
+        ``media_frames`` given: the loader already decoded only this rank's frames, so ``media`` holds each
+        medium's local piece; otherwise ``media`` holds whole media and only the rank's slices are moved.
+        """
+        vt_param = next(self.vision_tower.parameters())
+        pieces, offset = [], 0
+        for medium in (m for sample in media for m in sample):
+            if media_frames is not None:
+                pieces.append(medium)
+                continue
+            lo, hi = max(split.start - offset, 0), min(split.stop - offset, medium.shape[0])
+            if lo < hi:
+                pieces.append(medium[lo:hi])
+            offset += medium.shape[0]
+        pieces = [p.to(vt_param.device, vt_param.dtype) for p in pieces]
+        real = sum(p.shape[0] for p in pieces)
+        if real != split.num_real:
+            raise ValueError(f"this rank should encode {split.num_real} frames of {split.num_frames}, the batch "
+                             f"holds {real}")
+        size = self.vision_tower.config.image_size
+        frame_shape = pieces[0].shape[1:] if pieces else (3, size, size)
+        if split.num_dummy:
+            pieces.append(torch.zeros((split.num_dummy, *frame_shape), dtype=vt_param.dtype, device=vt_param.device))
+        return torch.cat(pieces)
 
     # ---------------------------------------------------------------- sequence
     def build_sequence(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -164,6 +232,45 @@ class VILAModel(nn.Module):
                                    position_ids[b, keep] if position_ids is not None else None, feature_iter,
                                    newline, ids.image, ids.video))
         return SequenceInputs(*right_pad(*(list(column) for column in zip(*rows))))
+
+    def build_layout(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None,
+                     media: list[list[torch.Tensor]] | None, position_ids: torch.Tensor | None = None,
+                     media_frames: list[list[int]] | None = None) -> SequenceInputs:
+        """The expanded, right-padded sequence of ``build_sequence`` as integers only: token ids, the feature row of
+        every media position, labels, positions. Nothing here grows with the hidden size."""
+        ids = self.tokenizer_ids
+        if media_frames is None:
+            attention_mask, media, _ = check_media(input_ids, labels, attention_mask, media, position_ids, ids.image,
+                                                   ids.video)
+            media_frames = [[m.shape[0] for m in sample] for sample in media]
+        else:
+            attention_mask = check_frame_counts(input_ids, attention_mask, media_frames, ids)
+        rows, first = [], 0
+        for b in range(input_ids.shape[0]):
+            keep = attention_mask[b].nonzero().squeeze(1)
+            rows.append(layout_row(input_ids[b, keep], labels[b, keep],
+                                   position_ids[b, keep] if position_ids is not None else None, media_frames[b],
+                                   first, self.tokens_per_frame, ids))
+            first += sum(media_frames[b])
+        token_ids, feature_rows, labels_rows, position_rows = (list(column) for column in zip(*rows))
+        ids_padded, labels, positions, mask = right_pad(token_ids, labels_rows, position_rows)
+        return SequenceInputs(None, labels, positions, mask, token_ids=ids_padded,
+                              feature_rows=right_pad_rows(feature_rows, -1), num_frames=first)
+
+    def embed_positions(self, seq: SequenceInputs, media, media_frames=None) -> torch.Tensor:
+        """(B, S_local, H) embeddings of this rank's positions: token ids through the embedding table, and the
+        features of the frames this rank encodes routed to whichever rank holds their positions."""
+        from longvila.distributed.media_routing import plan_local, route_features
+
+        embeds = self.llm.get_input_embeddings()(seq.token_ids)
+        if seq.feature_rows is None:
+            return embeds
+        routes = seq.media_routes or plan_local(seq.feature_rows, seq.num_frames)
+        frames = self.rank_frames(media, media_frames, routes.frames)
+        features = self.frame_encoder(frames)[:routes.frames.num_real]
+        rows = route_features(features.reshape(-1, features.shape[-1]).to(embeds.dtype), routes)
+        flat = embeds.reshape(-1, embeds.shape[-1]).index_put((routes.recv_positions.to(embeds.device),), rows)
+        return flat.view_as(embeds)
 
     def build_text_sequence(
         self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -227,16 +334,20 @@ class VILAModel(nn.Module):
         attention_mask: torch.Tensor | None,
         media: list[list[torch.Tensor]] | None = None,
         position_ids: torch.Tensor | None = None,
+        media_frames: list[list[int]] | None = None,
         **_,
     ) -> LossOutput:
         if self._is_text_only(input_ids, attention_mask, media):
             seq = self.build_text_sequence(input_ids, labels, attention_mask, position_ids)
-        else:
+        elif self.mmsp_impl == "gather":
             seq = self.build_sequence(input_ids, labels, attention_mask, media, position_ids)
+        else:
+            seq = self.build_layout(input_ids, labels, attention_mask, media, position_ids, media_frames)
         seq = replace(seq, labels=shift_labels(seq.labels, seq.position_ids))
         seq = self.sequence_sharder(seq)
         if seq.inputs_embeds is None:
-            seq = replace(seq, inputs_embeds=self.llm.get_input_embeddings()(seq.token_ids), token_ids=None)
+            seq = replace(seq, inputs_embeds=self.embed_positions(seq, media, media_frames), token_ids=None,
+                          feature_rows=None, media_routes=None)
         hidden = self.run_backbone(seq.inputs_embeds, seq.position_ids, seq.segment_ids)
         loss_sum, num_tokens = self.loss_fn(hidden, self.llm.get_output_embeddings().weight, seq.labels)
         return LossOutput(loss_sum, num_tokens, seq.attention_mask.sum())
@@ -273,8 +384,10 @@ class VILAModel(nn.Module):
         )
 
     def enable_gradient_checkpointing(self) -> None:
-        """Non-reentrant activation checkpointing on every decoder and SigLIP encoder layer."""
-        for part in (self.llm, self.vision_tower):
+        """Non-reentrant activation checkpointing on every decoder layer, and on every SigLIP encoder layer unless
+        the tower already recomputes whole chunks of frames (``vision_chunk_frames``: checkpointing its layers too
+        would run the tower a third time for nothing)."""
+        for part in (self.llm,) if self.vision_chunk_frames else (self.llm, self.vision_tower):
             base = part.get_base_model() if hasattr(part, "get_base_model") else part
             kwargs = {"use_reentrant": False}
             if hasattr(base, "activation_checkpointing_enable"):

@@ -235,6 +235,7 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
         logger.info("fused kernels: %d RMSNorm, %d attention RoPE, chunked linear+CE", report.rms_norms,
                     report.attentions)
     _freeze(model, spec, args)
+    model.vision_chunk_frames = args.model.vision_chunk_frames
     if args.model.tiled_mlp_tokens:
         from longvila.model.tiled_mlp import enable_tiled_mlp
 
@@ -243,7 +244,7 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
         model.enable_gradient_checkpointing()
 
     try:
-        dims = parallelize(model, sp, args.model.attn_backend, env.device)
+        dims = parallelize(model, sp, args.model.attn_backend, env.device, args.model.mmsp_impl)
     except ValueError as error:
         raise ConfigError(str(error)) from error
 

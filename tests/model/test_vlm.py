@@ -172,12 +172,18 @@ def test_freezing_leaves_frozen_weights_untouched(tiny, media_batch):
             assert torch.equal(p, before[name]), name
 
 
-def test_gradient_checkpointing_matches(tiny, media_batch):
+@pytest.mark.parametrize("chunk", [0, 1, 3])
+def test_gradient_checkpointing_matches(tiny, media_batch, chunk):
+    """Per-layer checkpoints (chunk 0) or whole-tower recompute per chunk of frames: the same gradients as
+    keeping everything (4 frames: 4 chunks, 2 uneven chunks)."""
     model, _, _ = tiny
     model.train()
     ref = copy.deepcopy(model)
+    ref.vision_chunk_frames = 0
+    model.vision_chunk_frames = chunk
     model.enable_gradient_checkpointing()
-    assert model.llm.model.gradient_checkpointing and model.vision_tower.encoder.gradient_checkpointing
+    assert model.llm.model.gradient_checkpointing
+    assert model.vision_tower.encoder.gradient_checkpointing == (chunk == 0)
     for m in (model, ref):
         out = m(**media_batch)
         out.loss_sum.backward()
