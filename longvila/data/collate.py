@@ -23,8 +23,12 @@ def _check(sample: dict, i: int) -> int:
     return ids.numel()
 
 
-def collate(samples, pad_token_id: int) -> dict:
+def collate(samples, pad_token_id: int, rank_media=None) -> dict:
     """Collate dataset samples (None entries are dropped and counted) into a padded batch.
+
+    ``rank_media`` (a ``longvila.data.rank_media.RankMedia``): the samples carry opened, undecoded media and only
+    this sequence-parallel rank's frames are decoded; the batch then also holds ``media_frames``,
+    ``media_failed`` and ``decode_seconds``.
 
     position_ids: samples that carry none get 0..len-1; the padding of every row restarts at 0 and counts up, so
     the padding forms one extra "document" that no real token can attend to or predict.
@@ -59,6 +63,8 @@ def collate(samples, pad_token_id: int) -> dict:
         "media": [list(s.get("media", [])) for s in kept],
         "num_skipped": num_skipped,
     }
+    if rank_media is not None:
+        batch.update(rank_media(batch["media"]))
     if position_ids is not None:
         batch["position_ids"] = position_ids
     return batch

@@ -28,10 +28,10 @@ from torch.utils.data import Dataset
 
 from longvila.constants import DEFAULT_SYSTEM, IGNORE_INDEX, IMAGE_TOKEN, VIDEO_TOKENS
 from longvila.data.errors import MediaError
-from longvila.data.image import load_image
+from longvila.data.image import load_image, open_image, pixel_values
 from longvila.data.records import read_records
 from longvila.data.template import encode_conversation, normalize_turns, special_token_id, video_token_id
-from longvila.data.video import load_video
+from longvila.data.video import load_video, open_video
 from longvila.model.media_expansion import video_positions
 
 logger = logging.getLogger(__name__)
@@ -99,11 +99,14 @@ class ConversationDataset(Dataset):
             text tokens only.
         tokens_per_frame: visual tokens per image/frame after the projector (``VILAModel.tokens_per_frame``).
         system: system prompt of the chat template (None omits it).
+        lazy_media: hand out media opened but not decoded (``ImageFile`` / ``VideoClip``), for a collator that
+            decodes only the frames its sequence-parallel rank encodes (``longvila/data/rank_media.py``). A file
+            that cannot even be opened still skips the sample here, on every rank alike.
     """
 
     def __init__(self, path, tokenizer, image_processor, media_root=None, num_video_frames: int = 8,
                  fps: float | None = None, model_max_length: int | None = None,
-                 system: str | None = DEFAULT_SYSTEM, tokens_per_frame: int | None = None):
+                 system: str | None = DEFAULT_SYSTEM, tokens_per_frame: int | None = None, lazy_media: bool = False):
         if not isinstance(num_video_frames, int) or num_video_frames < 1:
             raise ValueError(f"num_video_frames must be a positive int, got {num_video_frames!r}")
         if fps is not None and not fps > 0:
@@ -120,6 +123,7 @@ class ConversationDataset(Dataset):
         self.fps = fps
         self.model_max_length = model_max_length
         self.system = system
+        self.lazy_media = lazy_media
         self.image_token_id = special_token_id(tokenizer, IMAGE_TOKEN)
         self.video_token_id = video_token_id(tokenizer)
         self.placeholder_cost = {  # sequence positions each placeholder becomes once the model expands it
@@ -170,9 +174,14 @@ class ConversationDataset(Dataset):
                         limit)
         return ids[:keep], labels[:keep]
 
-    def _pixels(self, frames) -> torch.Tensor:
-        out = self.image_processor(images=frames, return_tensors="pt")["pixel_values"]
-        return torch.as_tensor(out, dtype=torch.float32)
+    def _image(self, path: str):
+        return open_image(path) if self.lazy_media else pixel_values(self.image_processor, [load_image(path)])
+
+    def _video(self, path: str):
+        if self.lazy_media:
+            return open_video(path, self.num_video_frames, self.fps)
+        frames = load_video(path, self.num_video_frames, self.fps)
+        return pixel_values(self.image_processor, list(np.ascontiguousarray(frames)))
 
     def __getitem__(self, index: int):
         rec = self.records[index]
@@ -186,10 +195,9 @@ class ConversationDataset(Dataset):
         try:
             for tid in ids:
                 if tid == self.image_token_id:
-                    media.append(self._pixels([load_image(self._resolve(next(images)))]))
+                    media.append(self._image(self._resolve(next(images))))
                 elif tid == self.video_token_id:
-                    frames = load_video(self._resolve(next(videos)), self.num_video_frames, self.fps)
-                    media.append(self._pixels(list(np.ascontiguousarray(frames))))
+                    media.append(self._video(self._resolve(next(videos))))
         except MediaError as e:
             self._warn_once(index, "skipping sample %d (%s) of %s: %s", index, rec["id"], self.path, e)
             return None

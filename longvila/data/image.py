@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from PIL import Image
 
 from longvila.data.errors import MediaError
 
-__all__ = ["MediaError", "load_image", "pixel_values"]
+__all__ = ["ImageFile", "MediaError", "load_image", "open_image", "pixel_values"]
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
@@ -26,6 +27,34 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             return img.convert("RGB")
     except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
         raise MediaError(f"cannot decode image {path}: {e}") from e
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """One image: a medium of one frame."""
+
+    path: str
+
+    @property
+    def num_frames(self) -> int:
+        return 1
+
+    def frames(self, start: int, stop: int) -> list:
+        """Frames ``[start, stop)`` of this medium (an image has only frame 0) as PIL images."""
+        return [load_image(self.path)] if start < stop else []
+
+
+def open_image(path: str | os.PathLike) -> ImageFile:
+    """An existing file whose header PIL can read (the pixels are decoded later, by the rank that encodes it)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MediaError(f"image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except Exception as e:  # PIL raises many types
+        raise MediaError(f"cannot decode image {path}: {e}") from e
+    return ImageFile(path)
 
 
 def pixel_values(image_processor, images):

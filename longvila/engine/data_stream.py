@@ -22,6 +22,7 @@ since the last call (trained on, and skipped as bad), for the per-step sample lo
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
@@ -29,6 +30,23 @@ import torch
 
 class DataError(RuntimeError):
     """The dataset cannot feed training (for example: every sample is bad)."""
+
+
+@dataclass(frozen=True)
+class StreamPosition:
+    """Everything the stream's checkpoint and counts depend on, at one point: a stream that loads ahead
+    (``longvila/engine/prefetch.py``) reports the position after the last batch it handed out, not after the last
+    one it loaded. Lists are shared, never copied: the stream replaces them, it does not edit them."""
+
+    epoch: int
+    cursor: int
+    consumed_before: list
+    indices: list
+    positions: list
+    epoch_size: int
+    num_skipped: int
+    samples_per_source: dict = field(default_factory=dict)
+    skipped_per_source: dict = field(default_factory=dict)
 
 
 class MicroBatchStream:
@@ -57,7 +75,22 @@ class MicroBatchStream:
         self.skipped_per_source = {name: int(malformed.get(name, 0)) for name in self.sources}
         self._drawn: list[int] = []
         self._skipped: list[int] = []
+        self.known_bad: set[int] = set()  # indices that loaded but failed later on some rank (treated as None)
         self._set_epoch(0)
+
+    def position(self) -> StreamPosition:
+        return StreamPosition(self.epoch, self.cursor, self.consumed_before, self._indices, self._positions,
+                              self._epoch_size, self.num_skipped, dict(self.samples_per_source),
+                              dict(self.skipped_per_source))
+
+    def seek(self, position: StreamPosition) -> None:
+        """Go back (or forward) to ``position``; the per-step log is cleared."""
+        self.epoch, self.cursor, self.consumed_before = position.epoch, position.cursor, position.consumed_before
+        self._indices, self._positions, self._epoch_size = position.indices, position.positions, position.epoch_size
+        self.num_skipped = position.num_skipped
+        self.samples_per_source = dict(position.samples_per_source)
+        self.skipped_per_source = dict(position.skipped_per_source)
+        self._drawn, self._skipped = [], []
 
     def _epoch_indices(self, epoch: int) -> list[int]:
         """The epoch's seeded order of dataset indices (a mixture draws with repeats)."""
@@ -94,10 +127,14 @@ class MicroBatchStream:
 
     def next_batch(self) -> dict[str, Any]:
         """Collate the next ``batch_size`` good samples, skipping (and counting) bad ones."""
-        samples, consecutive_bad = [], 0
+        return self.collate_fn(self.next_samples()[0])
+
+    def next_samples(self) -> tuple[list, list[int]]:
+        """The next ``batch_size`` good samples and their dataset indices, bad ones skipped and counted."""
+        samples, indices, consecutive_bad = [], [], 0
         while len(samples) < self.batch_size:
             index = self._next_index()
-            sample = self.dataset[index]
+            sample = None if index in self.known_bad else self.dataset[index]
             source = self.dataset.source_of(index) if self.sources else None
             if sample is None:
                 self.num_skipped += 1
@@ -116,7 +153,8 @@ class MicroBatchStream:
             if source is not None:
                 self.samples_per_source[source] += 1
             samples.append(sample)
-        return self.collate_fn(samples)
+            indices.append(index)
+        return samples, indices
 
     def take_step_log(self) -> tuple[list[int], list[int]]:
         """Dataset indices trained on and skipped since the last call."""
@@ -124,17 +162,20 @@ class MicroBatchStream:
         self._drawn, self._skipped = [], []
         return drawn, skipped
 
-    def consumed_positions(self) -> list[int]:
+    def consumed_positions(self, position: StreamPosition | None = None) -> list[int]:
         """Positions of the current epoch this rank (and earlier layouts) consumed; DP-wrap repeats excluded."""
-        return sorted(set(self.consumed_before) | set(self._positions[: self.cursor]))
+        at = position or self.position()
+        return sorted(set(at.consumed_before) | set(at.positions[: at.cursor]))
 
-    def state_dict(self) -> dict:
-        state = {"epoch": self.epoch, "cursor": self.cursor, "num_skipped": self.num_skipped,
-                 "dp_rank": self.dp_rank, "dp_size": self.dp_size, "draws_per_epoch": self._epoch_size,
-                 "consumed_before": list(self.consumed_before), "consumed_positions": self.consumed_positions()}
+    def state_dict(self, position: StreamPosition | None = None) -> dict:
+        """The checkpointed data position: now, or at ``position``."""
+        at = position or self.position()
+        state = {"epoch": at.epoch, "cursor": at.cursor, "num_skipped": at.num_skipped,
+                 "dp_rank": self.dp_rank, "dp_size": self.dp_size, "draws_per_epoch": at.epoch_size,
+                 "consumed_before": list(at.consumed_before), "consumed_positions": self.consumed_positions(at)}
         if self.sources:
-            state.update(samples_per_source=dict(self.samples_per_source),
-                         skipped_per_source=dict(self.skipped_per_source))
+            state.update(samples_per_source=dict(at.samples_per_source),
+                         skipped_per_source=dict(at.skipped_per_source))
         return state
 
     def _check_compatible(self, state: dict) -> None:

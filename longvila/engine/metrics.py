@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 
 METRIC_KEYS = ("step", "loss", "num_tokens", "num_positions", "learning_rate", "grad_norm", "tokens_per_sec", "step_seconds",
-               "max_memory_gb", "step_peak_memory_gb")
+               "max_memory_gb", "step_peak_memory_gb", "data_seconds", "decode_seconds")
 
 
 def host_peak_memory_gb() -> float:

@@ -73,6 +73,8 @@ class StepResult:
     loss: float
     num_tokens: int
     num_positions: int  # real positions of the expanded global batch, each counted once
+    data_seconds: float = 0.0  # this rank's wait for its micro-batches
+    decode_seconds: float = 0.0  # this rank's decoding of its frames for them (in background threads)
 
 
 def build_optimizer(params: list[torch.nn.Parameter], train: TrainArguments, total_steps: int):
@@ -204,7 +206,10 @@ class Trainer:
     def train_step(self) -> StepResult:
         """One optimizer step over ``gradient_accumulation_steps`` micro-batches."""
         gas = self.train_args.gradient_accumulation_steps
+        waiting = time.perf_counter()
         micro_batches = [self.stream.next_batch() for _ in range(gas)]
+        data_seconds = time.perf_counter() - waiting
+        decode_seconds = sum(batch.pop("decode_seconds", 0.0) for batch in micro_batches)
         local_count = sum(self.count_supervised(batch) for batch in micro_batches)
         (global_count,) = self.reductions.sum_over_replicas([local_count])
         loss_sum_total, positions = 0.0, 0
@@ -222,7 +227,8 @@ class Trainer:
             positions += int(output.num_positions)
         loss_sum_total, positions = self.reductions.sum_over_shards([loss_sum_total, positions])
         self.step += 1
-        return StepResult(mean_loss(loss_sum_total, global_count), int(global_count), int(positions))
+        return StepResult(mean_loss(loss_sum_total, global_count), int(global_count), int(positions), data_seconds,
+                          decode_seconds)
 
     def _source_counts(self) -> dict[str, dict[str, int]]:
         """Cumulative per-source counts of a mixture, summed once per DP replica (SP ranks read the same samples).
@@ -274,7 +280,8 @@ class Trainer:
                 result = self.train_step()
                 elapsed = time.perf_counter() - started
                 # the fullest rank: SP ranks differ (the last shard carries the padding), and it runs out first
-                run_peak, step_peak = self.reductions.max_over_ranks(list(peaks.end_step()))
+                run_peak, step_peak, data_seconds, decode_seconds = self.reductions.max_over_ranks(
+                    [*peaks.end_step(), result.data_seconds, result.decode_seconds])
                 grad_norm = self.engine.get_global_grad_norm()
                 (skipped,) = self.reductions.sum_over_replicas([self.stream.num_skipped])
                 drawn, skipped_ids = self.stream.take_step_log()
@@ -291,6 +298,9 @@ class Trainer:
                     "max_memory_gb": run_peak,
                     # this step alone: what activations and optimizer state need, apart from loading
                     "step_peak_memory_gb": step_peak,
+                    # the slowest rank's wait for data and its frame decoding (done ahead, in the background)
+                    "data_seconds": data_seconds,
+                    "decode_seconds": decode_seconds,
                     "skipped_samples": int(skipped),
                     "epoch": self.stream.epoch,
                 }
@@ -307,6 +317,7 @@ class Trainer:
         finally:
             progress.close()
             metrics.close()
+            getattr(self.stream, "close", lambda: None)()  # background loading stops with training
         return history
 
     @property

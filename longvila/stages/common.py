@@ -84,7 +84,7 @@ def _load_source(spec: StageSpec, args: StageArguments, source, tokenizer, image
     return ConversationDataset(
         source.path, tokenizer, image_processor, media_root=source.media_root,
         num_video_frames=args.data.num_video_frames, fps=args.data.fps,
-        model_max_length=args.data.model_max_length, tokens_per_frame=tokens_per_frame,
+        model_max_length=args.data.model_max_length, tokens_per_frame=tokens_per_frame, lazy_media=True,
     )
 
 
@@ -195,18 +195,39 @@ def _load_start_model(spec: StageSpec, args: StageArguments, env, dtype):
         raise ConfigError(str(error)) from error
 
 
+def _data_stream(spec: StageSpec, args: StageArguments, dataset, tokenizer, image_processor, dims, env):
+    """The rank's micro-batches, loaded ahead by ``--dataloader_num_workers`` threads; with media, each SP rank
+    decodes only the frames it encodes, and the SP group agrees on clips that fail to decode."""
+    from functools import partial
+
+    from longvila.data.collate import collate
+    from longvila.data.rank_media import RankMedia
+    from longvila.engine.data_stream import MicroBatchStream
+    from longvila.engine.prefetch import PrefetchingStream, failed_rows_agreement
+
+    rank_media = (RankMedia(image_processor, dims.sp_rank, dims.sp.sp_size)
+                  if spec.data_kind == "conversation" else None)
+    batch_size = args.train.per_device_train_batch_size
+    stream = MicroBatchStream(
+        dataset, partial(collate, pad_token_id=tokenizer.pad_token_id, rank_media=rank_media), batch_size,
+        dp_rank=dims.dp_rank, dp_size=dims.dp_size, seed=args.train.seed,
+        name=str(args.data.data_mixture or args.data.data_path or spec.name),
+    )
+    agree = (failed_rows_agreement(dims.groups.sp_group, env.device, batch_size)
+             if rank_media is not None and dims.sp.enabled else None)
+    return PrefetchingStream(stream, args.data.dataloader_num_workers, agree)
+
+
 def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
     """Entry point shared by ``python -m`` / ``torchrun -m longvila.stages.<stage>`` and the pipeline."""
     args = parse_stage_args(spec.name, argv)
 
     from longvila.console import setup_logging
-    from longvila.engine.data_stream import MicroBatchStream
     from longvila.engine.deepspeed_config import build_deepspeed_config, zero_stage
     from longvila.distributed.mesh import SequenceParallelConfig
     from longvila.runtime import parallelize, start_processes
     from longvila.engine.rng import set_seed
     from longvila.engine.trainer import Trainer, uses_bf16
-    from longvila.data.collate import collate
     from longvila.model.loss import count_supervised_tokens
     from longvila.recipes import deepspeed_config_path
 
@@ -249,11 +270,7 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
         raise ConfigError(str(error)) from error
 
     dataset = _build_dataset(spec, args, tokenizer, image_processor, env, model.tokens_per_frame)
-    stream = MicroBatchStream(
-        dataset, lambda samples: collate(samples, tokenizer.pad_token_id), args.train.per_device_train_batch_size,
-        dp_rank=dims.dp_rank, dp_size=dims.dp_size, seed=args.train.seed,
-        name=str(args.data.data_mixture or args.data.data_path or spec.name),
-    )
+    stream = _data_stream(spec, args, dataset, tokenizer, image_processor, dims, env)
     total_steps = _total_steps(args, stream.samples_per_epoch)
     trainer = Trainer(model, stream, args.train, env, count_supervised_tokens, total_steps, dims=dims,
                       ds_config=ds_config)

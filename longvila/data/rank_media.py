@@ -1,0 +1,58 @@
+"""Decode only the frames this sequence-parallel rank encodes, as part of collating a batch.
+
+The batch's frames, in text order over all its samples, are split over the SP group by the balanced contiguous rule
+of ``longvila/distributed/mmsp.py`` (``split_frames``); the model applies the same rule, so what a rank loads is
+exactly what it encodes. Each medium is cut to its overlap with the rank's range and only that piece is decoded
+(decord ``get_batch`` on those indices) and preprocessed. Every rank still knows every medium's frame count, so
+the sequence layout is the same on all of them.
+
+A clip that opened but fails to decode can fail on one rank only (its share of the frames is corrupt): the batch
+then names the failing rows in ``media_failed`` and the stream has the SP group agree before anything trains on
+it (``longvila/engine/prefetch.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from longvila.data.errors import MediaError
+from longvila.data.image import pixel_values
+from longvila.distributed.mmsp import split_frames
+
+
+@dataclass(frozen=True)
+class RankMedia:
+    """Loads the share of a batch's frames that SP rank ``sp_rank`` of ``sp_size`` encodes."""
+
+    image_processor: object
+    sp_rank: int = 0
+    sp_size: int = 1
+
+    def __call__(self, media: list[list]) -> dict:
+        """``media``: per sample, its opened media (``ImageFile`` / ``VideoClip``) -> the batch's ``media``
+        (each medium's local piece as (k, 3, H, W) pixels), ``media_frames`` (every medium's frame count),
+        ``media_failed`` (rows whose piece could not be decoded here) and ``decode_seconds``."""
+        counts = [[m.num_frames for m in sample] for sample in media]
+        split = split_frames(sum(map(sum, counts)), self.sp_rank, self.sp_size)
+        started = time.perf_counter()
+        pieces, failed, offset = [], [], 0
+        for row, sample in enumerate(media):
+            row_pieces = []
+            for medium in sample:
+                lo, hi = max(split.start - offset, 0), min(split.stop - offset, medium.num_frames)
+                offset += medium.num_frames
+                row_pieces.append(self._pixels(medium, lo, hi, row, failed))
+            pieces.append(row_pieces)
+        return {"media": pieces, "media_frames": counts, "media_failed": failed,
+                "decode_seconds": time.perf_counter() - started}
+
+    def _pixels(self, medium, lo: int, hi: int, row: int, failed: list[int]) -> torch.Tensor:
+        if lo < hi and row not in failed:
+            try:
+                return pixel_values(self.image_processor, medium.frames(lo, hi))
+            except MediaError:
+                failed.append(row)
+        return torch.zeros((0, 3, 1, 1))
