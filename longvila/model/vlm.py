@@ -188,7 +188,8 @@ class VILAModel(nn.Module):
         pieces, offset = [], 0
         for medium in (m for sample in media for m in sample):
             if media_frames is not None:
-                pieces.append(medium)
+                if medium.shape[0]:
+                    pieces.append(medium)
                 continue
             lo, hi = max(split.start - offset, 0), min(split.stop - offset, medium.shape[0])
             if lo < hi:

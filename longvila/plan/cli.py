@@ -2,11 +2,13 @@
 
     longvila plan --model qwen2-7b --model_max_length 1048576 --gpus 8 --gpu_memory_gb 80
     longvila plan --model qwen2-7b --num_video_frames 2048 --gpus 256 --device H100-80GB
+    longvila plan --model qwen2-7b --num_video_frames 2048 --gpus 8 --mmsp_impl gather --vision_chunk_frames 0
     longvila plan --model runs/s3 --model_max_length 262144 --gpus 16 --seq_parallel_size 8 --json
     longvila plan --model DIR --model_max_length 4096 --device cpu                 # checkable on this host
 
-Every choice not given (SP and ring degree, ZeRO stage, LoRA, activation offload) is searched. Exit code 0 when
-the plan fits, 1 when nothing fits, 2 for a bad request.
+Every choice not given (SP and ring degree, ZeRO stage, LoRA, activation offload) is searched. Video is planned
+for the trainer's default MM-SP (``--mmsp_impl route``, tower in chunks of ``--vision_chunk_frames``); the third line
+plans the old path for comparison. Exit code 0 when the plan fits, 1 when nothing fits, 2 for a bad request.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from longvila.config import ConfigError
 from longvila.plan.hardware import GPU_PRESETS, resolve_device
 from longvila.plan.planner import PlanRequest, plan
 from longvila.plan.report import format_plan, plan_json
-from longvila.plan.workload import DEEPSPEED_CONFIGS
+from longvila.plan.workload import DEEPSPEED_CONFIGS, DEFAULT_VISION_CHUNK_FRAMES, MMSP_IMPLS
 
 
 def _bool(text: str) -> bool:
@@ -62,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--tiled_mlp_tokens", type=int, default=4096)
     train.add_argument("--loss_impl", default="chunked", choices=("chunked", "naive"))
     train.add_argument("--bf16", type=_bool, default=None, help="default: true on GPUs, false on cpu")
+    train.add_argument("--mmsp_impl", default="route", choices=MMSP_IMPLS, help="video: route (each rank's frames' "
+                       "features go straight to the ranks holding their positions) | gather (the old path: every "
+                       "rank gathers all features and builds the whole sequence)")
+    train.add_argument("--vision_chunk_frames", type=int, default=DEFAULT_VISION_CHUNK_FRAMES,
+                       help="video: frames per chunk of the tower's whole-tower recompute (0: one pass with "
+                       "per-layer checkpoints; with --mmsp_impl gather that is the old path)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     return parser
 
@@ -80,7 +88,7 @@ def request_from_args(args: argparse.Namespace) -> PlanRequest:
         seq_parallel_size=args.seq_parallel_size, seq_parallel_ring_size=args.seq_parallel_ring_size,
         zero_stage=args.zero_stage, deepspeed=args.deepspeed, lora=args.lora, gradient_checkpointing=args.gradient_checkpointing,
         tiled_mlp_tokens=args.tiled_mlp_tokens, loss_impl=args.loss_impl, bf16=args.bf16,
-        host_memory_gb=args.host_memory_gb,
+        mmsp_impl=args.mmsp_impl, vision_chunk_frames=args.vision_chunk_frames, host_memory_gb=args.host_memory_gb,
     )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from longvila.model.folders import folder_kind
 from longvila.model.rope import LONGVILA_ROPE_THETA
 from longvila.plan.layout import Layout
-from longvila.plan.workload import TrainingChoices, Workload
+from longvila.plan.workload import DEFAULT_VISION_CHUNK_FRAMES, TrainingChoices, Workload
 
 DEFAULT_TILED_MLP_TOKENS = 4096
 
@@ -38,6 +38,10 @@ def launch_command(request, layout: Layout, choices: TrainingChoices, workload: 
              "--model_max_length", str(workload.tokens)]
     if workload.frames:
         flags += ["--num_video_frames", str(workload.frames)]
+        if choices.mmsp != "route":
+            flags += ["--mmsp_impl", choices.mmsp]
+        if choices.vision_chunk_frames != DEFAULT_VISION_CHUNK_FRAMES:
+            flags += ["--vision_chunk_frames", str(choices.vision_chunk_frames)]
     flags += ["--seq_parallel_size", str(layout.sp), "--seq_parallel_ring_size", str(layout.ring),
               "--deepspeed", choices.deepspeed, "--gradient_checkpointing", choices.checkpointing,
               "--bf16", "true" if choices.bf16 else "false"]

@@ -6,7 +6,9 @@ The peak is the larger of two phases of a step; it is never the sum of everythin
   of the checkpointed activations and the gradients (the backward frees one layer's checkpoint as it produces that
   layer's gradients, so the two trade places; the trainable embedding's gradient arrives last, after every layer's
   transient is gone) plus the larger of the loss's buffers and, after the loss, the LM head's gradient with one
-  layer's recompute-and-backward transient and its communication buffers, plus the vision tower's activations.
+  layer's recompute-and-backward transient and its communication buffers, plus the vision tower's activations and
+  the video's pixels and features (made in the forward, held until their gradients have gone back: the whole
+  backward).
 - **optimizer step**: what persists plus the fp32 gradient partition the step reads and Adam's temporaries.
 
 Offload (``zero2_offload`` / ``zero3_offload``, ``--gradient_checkpointing offload``) moves terms to host memory:
@@ -23,6 +25,29 @@ has more ranks than kv heads), hidden and MLP intermediate (tiled: one tile of `
 element counts per width (``LAYER_TRANSIENT``) and the naive loss's bytes per logit are the measured ones: the
 long-context memory benchmark's rows (``benchmarks/results/cpu-*-long-context-memory*.json``) are reproduced within
 10% by ``benchmarks/plan_accuracy.py``, which ``tests/plan/test_accuracy.py`` checks.
+
+Video is counted term by term; N frames per sample, B samples, S tokens. ``--mmsp_impl`` picks how features reach
+their positions and ``--vision_chunk_frames`` how the tower runs; the two are independent (the trainer chunks the
+tower on either path), and the old MM-SP is ``--mmsp_impl gather --vision_chunk_frames 0``.
+
+- **pixels** (``video_pixels_gib``), held until the tower's backward: ``route`` moves only the rank's
+  ceil(N*B / SP) frames, cast to the training dtype as they move (a blocking ``.to(device, dtype)`` converts on the
+  host, so no fp32 copy reaches the device); ``gather`` moves every frame of the batch in the processor's fp32 on
+  every rank before the encoder takes its slice (which also keeps them: a saved chunk input or, in fp32, the slice
+  is a view of them) and, in bf16, casts the rank's frames.
+- **vision tower** (``vision_tower_gib``): with a chunk the rank's frames go through ``--vision_chunk_frames`` at a
+  time, each chunk keeping only its input (a slice of the pixels, counted there) and recomputed whole in the
+  backward, without per-layer checkpoints inside: one chunk's activations, every tower layer's saved tensors
+  (``VISION_LAYER_SAVED``) plus one layer's backward (``VISION_TRANSIENT``), whatever N. Without a chunk it keeps one
+  per-layer checkpoint per tower layer for every frame of the rank (``--gradient_checkpointing false``: every
+  layer's tensors), plus one layer's transient. A frozen tower runs without a graph: one chunk's (no chunk: all the
+  rank's frames') forward at a time. The projector's activations inside a chunk (under 1% of the tower's) are not
+  counted.
+- **features** (``video_features_gib``), each with its gradient: the projector's output for the rank's frames (what
+  it sends), and ``route``: the rows it receives from the all-to-all-v (about S_media / SP, S_media = N*B x tokens
+  per frame); ``gather``: every frame's gathered features and the whole embedded sequence (S x H), both replicated
+  on every SP rank. The rank's embedded shard (S / SP x H, text embedded after sharding) is layer 0's input,
+  already counted with the checkpointed activations. At SP 1 nothing is sent and the two paths are the same.
 """
 
 from __future__ import annotations
@@ -53,6 +78,15 @@ NAIVE_LOSS_FP32_COPIES = 2.5
 three naive rows of the long-context memory benchmark); a bf16 run adds the bf16 logits themselves."""
 VISION_TRANSIENT = {"hidden": 6, "mlp": 3}
 """SigLIP layer tensors alive during one layer's recompute and backward (per patch)."""
+VISION_LAYER_SAVED = {"hidden": 8, "mlp": 2}
+"""SigLIP layer tensors (per patch) that one layer's forward saves for its backward when nothing inside the tower is
+checkpointed, as in a chunk's whole-tower recompute: the two layer norms' inputs and outputs, q, k, v, the
+attention output and the output projection's input (hidden width); fc1's output, which the GELU saves, and the
+GELU's output, which fc2 saves (MLP width). Counted from the layer's code, not yet measured: to be checked against
+the CPU probe ``benchmarks/long_video_memory.py``."""
+PIXEL_CHANNELS = 3
+PROCESSOR_PIXEL_BYTES = 4
+"""The image processor hands over fp32 pixels; the ``gather`` path moves them to the device as they are."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +102,14 @@ class MemoryBreakdown:
     loss_gib: float
     communication_gib: float
     vision_tower_gib: float
+    """The tower's activations for this rank's frames: one chunk's whole-tower recompute, or (unchunked) per-layer
+    checkpoints of every frame of the rank; plus one layer's backward."""
+    video_pixels_gib: float
+    """Frames' pixels on the device (``route``: the rank's, in the training dtype; ``gather``: every frame in fp32
+    and, in bf16, the rank's cast copy), held through the backward."""
+    video_features_gib: float
+    """Projected frame features this rank sends and receives (``gather``: the gathered features and the whole
+    embedded sequence), with their gradients."""
     runtime_gib: float
     host_offload_gib: float
     gradient_bucket_gib: float
@@ -83,7 +125,8 @@ class MemoryBreakdown:
 
     @property
     def backward_gib(self) -> float:
-        return (self.persistent_gib + max(self.checkpointed_activations_gib, self.layer_gradients_gib)
+        return (self.persistent_gib + self.video_pixels_gib + self.video_features_gib
+                + max(self.checkpointed_activations_gib, self.layer_gradients_gib)
                 + max(self.loss_gib, self.head_gradient_gib + self.layer_transient_gib + self.communication_gib)
                 + self.vision_tower_gib)
 
@@ -146,12 +189,14 @@ def predict_memory(shape: ModelShape, layout: Layout, workload: Workload, choice
 
     communication = _communication_buffers(layout, local, q_width, kv_width, act)
     loss = _loss(shape, local, choices, act)
-    vision = _vision(shape, layout, workload, choices, act)
     return MemoryBreakdown(
         weights_gib=weights / GiB, optimizer_state_gib=optimizer_state / GiB,
         optimizer_step_gib=optimizer_step / GiB, checkpointed_activations_gib=checkpoints / GiB,
         layer_transient_gib=transient / GiB, loss_gib=loss / GiB, communication_gib=communication / GiB,
-        vision_tower_gib=vision / GiB, runtime_gib=device.runtime_gib, host_offload_gib=host / GiB,
+        vision_tower_gib=_vision_tower(shape, layout, workload, choices, act) / GiB,
+        video_pixels_gib=_video_pixels(shape, layout, workload, choices, act) / GiB,
+        video_features_gib=_video_features(shape, layout, workload, choices, act) / GiB,
+        runtime_gib=device.runtime_gib, host_offload_gib=host / GiB,
         gradient_bucket_gib=bucket / GiB, layer_gradients_gib=layer_gradients / GiB,
         head_gradient_gib=(shape.lm_head_elements * act if shape.head_trainable else 0) / GiB,
     )
@@ -189,16 +234,65 @@ def _loss(shape: ModelShape, local: int, choices: TrainingChoices, act: int) -> 
     return weight_gradient + local * hidden * 4 + 2 * rows * vocab * 4
 
 
-def _vision(shape: ModelShape, layout: Layout, workload: Workload, choices: TrainingChoices, act: int) -> float:
-    """SigLIP on this rank's share of the frames (MM-SP shards frames over the SP group)."""
+def _rank_frames(layout: Layout, workload: Workload, choices: TrainingChoices) -> int:
+    """Frames this rank encodes: the balanced split (``split_frames``) gives every SP rank ceil(N x B / SP), the tail
+    ranks padding with dummy frames."""
+    return -(-workload.frames * choices.micro_batch // layout.sp)
+
+
+def _video_pixels(shape: ModelShape, layout: Layout, workload: Workload, choices: TrainingChoices,
+                  act: int) -> float:
+    """``route``: the rank's own frames in the training dtype; ``gather``: every frame of the batch in fp32, and in
+    bf16 the rank's frames cast for the tower."""
     if not workload.frames:
         return 0.0
-    frames = -(-workload.frames * choices.micro_batch // layout.sp)
-    patches = frames * shape.vision_patches
+    own = _rank_frames(layout, workload, choices)
+    per_frame = PIXEL_CHANNELS * shape.vision_image_size ** 2
+    if choices.mmsp == "route":
+        return own * per_frame * act
+    moved = workload.frames * choices.micro_batch * per_frame * PROCESSOR_PIXEL_BYTES
+    return moved + (own * per_frame * act if choices.bf16 else 0)
+
+
+def _vision_tower(shape: ModelShape, layout: Layout, workload: Workload, choices: TrainingChoices,
+                  act: int) -> float:
+    """SigLIP on this rank's share of the frames: one chunk's whole-tower recompute, or (``--vision_chunk_frames
+    0``) per-layer checkpoints of all the rank's frames."""
+    if not workload.frames:
+        return 0.0
+    frames = _rank_frames(layout, workload, choices)
+    chunk = choices.vision_chunk_frames
     c = VISION_TRANSIENT
-    transient = patches * (c["hidden"] * shape.vision_hidden_size + c["mlp"] * shape.vision_intermediate_size) * act
-    if "vision_tower" not in choices.trains:
+    layer_transient = (c["hidden"] * shape.vision_hidden_size + c["mlp"] * shape.vision_intermediate_size) * act
+    trains = "vision_tower" in choices.trains
+    if chunk:
+        patches = min(chunk, frames) * shape.vision_patches
+        if not trains:
+            return patches * layer_transient / 2  # no graph: one chunk's forward at a time, nothing kept
+        v = VISION_LAYER_SAVED
+        saved = (v["hidden"] * shape.vision_hidden_size + v["mlp"] * shape.vision_intermediate_size) * act
+        return patches * (shape.vision_layers * saved + layer_transient)  # the chunk's input is in the pixels
+    patches = frames * shape.vision_patches
+    transient = patches * layer_transient
+    if not trains:
         return transient / 2  # forward only: no backward tensors, nothing kept
     kept = patches * shape.vision_hidden_size * act * shape.vision_layers if choices.checkpointing != "false" \
         else transient * shape.vision_layers
     return kept + transient
+
+
+def _video_features(shape: ModelShape, layout: Layout, workload: Workload, choices: TrainingChoices,
+                    act: int) -> float:
+    """Rows of LLM width, each with its gradient: the projector's output for the rank's frames, then ``route``: the
+    rows the all-to-all-v delivers (the media positions of the rank's shard); ``gather``: every frame's features and
+    the whole embedded sequence, on every rank. At SP 1 nothing moves and there is no other copy of the sequence."""
+    if not workload.frames:
+        return 0.0
+    media = workload.frames * choices.micro_batch * shape.tokens_per_frame
+    own = _rank_frames(layout, workload, choices) * shape.tokens_per_frame
+    moved = sequence = 0
+    if layout.sp > 1 and choices.mmsp == "route":
+        moved = -(-media // layout.sp)
+    elif layout.sp > 1:
+        moved, sequence = media, workload.tokens * choices.micro_batch
+    return 2 * (own + moved + sequence) * shape.hidden_size * act

@@ -40,6 +40,8 @@ class ModelShape:
     vision_intermediate_size: int
     vision_layers: int
     vision_patches: int
+    vision_image_size: int
+    """Pixels per side of a processed frame (3 x size x size values reach the tower)."""
     tokens_per_frame: int
     llm_params: int
     vision_params: int
@@ -157,7 +159,7 @@ def resolve_model_shape(model: str, vision_tower: str | None = None, trains: fro
         max_position_embeddings=int(getattr(llm_cfg, "max_position_embeddings", 0) or 0),
         tied_embeddings=bool(getattr(llm_cfg, "tie_word_embeddings", False)),
         vision_hidden_size=vision_cfg.hidden_size, vision_intermediate_size=vision_cfg.intermediate_size,
-        vision_layers=vision_cfg.num_hidden_layers, vision_patches=patches,
+        vision_layers=vision_cfg.num_hidden_layers, vision_patches=patches, vision_image_size=vision_cfg.image_size,
         tokens_per_frame=tokens_per_frame(patches, projector_type),
         llm_params=sum(p.numel() for p in vlm.llm.parameters()),
         vision_params=sum(p.numel() for p in vlm.vision_tower.parameters()),

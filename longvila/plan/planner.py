@@ -16,7 +16,7 @@ from longvila.plan.layout import Layout, candidate_layouts, kv_replication, layo
 from longvila.plan.memory import MemoryBreakdown, predict_memory
 from longvila.plan.model_shape import ModelShape, resolve_model_shape
 from longvila.plan.step_time import StepTime, predict_step_time
-from longvila.plan.workload import DEEPSPEED_CONFIGS, TrainingChoices, Workload
+from longvila.plan.workload import DEEPSPEED_CONFIGS, DEFAULT_VISION_CHUNK_FRAMES, TrainingChoices, Workload
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,8 @@ class PlanRequest:
     tiled_mlp_tokens: int = 4096
     loss_impl: str = "chunked"
     bf16: bool | None = None
+    mmsp_impl: str = "route"
+    vision_chunk_frames: int = DEFAULT_VISION_CHUNK_FRAMES
     host_memory_gb: float | None = None
     """Per node; only activation offload uses it. ``None``: 2 TB on GPU nodes, the device's memory on CPU."""
 
@@ -123,7 +125,8 @@ def _choices(request: PlanRequest) -> list[TrainingChoices]:
     else:
         modes = ["true", "offload"] if request.device.is_cuda else ["true"]
     return [TrainingChoices(stage=request.stage, deepspeed=ds, lora=lo, checkpointing=m,
-                            tiled_mlp_tokens=request.tiled_mlp_tokens, loss_impl=request.loss_impl, bf16=bf16)
+                            tiled_mlp_tokens=request.tiled_mlp_tokens, loss_impl=request.loss_impl, bf16=bf16,
+                            mmsp=request.mmsp_impl, vision_chunk_frames=request.vision_chunk_frames)
             for ds, lo, m in itertools.product(configs, loras, modes)]
 
 

@@ -15,6 +15,8 @@ MEMORY_ROWS = (
     ("communication buffers", "communication_gib"),
     ("loss (LM-head grad + logit chunks)", "loss_gib"),
     ("vision tower", "vision_tower_gib"),
+    ("video pixels", "video_pixels_gib"),
+    ("video features and their gradients", "video_features_gib"),
     ("optimizer step transient", "optimizer_step_gib"),
     ("runtime (interpreter, libraries)", "runtime_gib"),
 )
@@ -26,18 +28,22 @@ TIME_ROWS = (
 SHOWN_REJECTIONS = 12
 
 
-def _describe_choices(candidate: Candidate) -> str:
+def _describe_choices(candidate: Candidate, video: bool = False) -> str:
     c = candidate.choices
     offload = {"zero2_offload": " + optimizer offload", "zero3_offload": " + optimizer and weight offload"}
     parts = [f"ZeRO-{c.zero_stage}{offload.get(c.deepspeed, '')}", "LoRA" if c.lora else "full fine-tune",
              {"true": "checkpointing", "offload": "checkpointing + offload", "false": "no checkpointing"}[
                  c.checkpointing], "bf16" if c.bf16 else "fp32", f"{c.loss_impl} loss",
              f"MLP tiles {c.tiled_mlp_tokens}" if c.tiled_mlp_tokens else "untiled MLP"]
+    if video:
+        parts += [f"MM-SP {c.mmsp}", f"tower chunks of {c.vision_chunk_frames} frames" if c.vision_chunk_frames
+                  else "unchunked tower (per-layer checkpoints)"]
     return ", ".join(parts)
 
 
 def format_plan(result: Plan) -> str:
     request, shape, chosen = result.request, result.shape, result.best
+    video = bool(result.workload.frames)
     lines = [f"model      {shape.source}: {shape.num_layers} layers, hidden {shape.hidden_size}, "
              f"{shape.num_q_heads} q / {shape.num_kv_heads} kv heads, vocab {shape.vocab_size:,}; "
              f"{shape.total_params / 1e9:.2f} B parameters",
@@ -50,7 +56,7 @@ def format_plan(result: Plan) -> str:
         if chosen is None:
             lines.append("verdict    NO LAYOUT CAN RUN: every layout breaks a rule")
         else:
-            lines.append(f"verdict    DOES NOT FIT: {chosen.layout.describe()}, {_describe_choices(chosen)}")
+            lines.append(f"verdict    DOES NOT FIT: {chosen.layout.describe()}, {_describe_choices(chosen, video)}")
             lines += [f"           - {problem}" for problem in chosen.problems]
         if result.alternative is not None:
             lines.append("instead    with the SP degree left open:")
@@ -59,7 +65,8 @@ def format_plan(result: Plan) -> str:
             chosen = chosen if chosen is not None and chosen.memory is not None else None
     if chosen is not None and chosen.memory is not None:
         unit = "GPU" if request.device.is_cuda else "rank"
-        lines += ["", f"layout     {chosen.layout.describe()}, {_describe_choices(chosen)}", *_breakdown(chosen, unit)]
+        lines += ["", f"layout     {chosen.layout.describe()}, {_describe_choices(chosen, video)}",
+                  *_breakdown(chosen, unit)]
     if result.max_tokens:
         reach = f"{result.max_tokens:,} tokens" + (f" ({result.max_frames} frames)" if result.max_frames else "")
         lines.append(f"reach      the longest sample that fits this layout: {reach}")
@@ -120,7 +127,8 @@ def plan_json(result: Plan) -> dict:
         "notes": result.notes,
         "device": result.request.device.name,
         "usable_memory_gb": result.request.rank_budget_gib,
-        "rejected": [{"layout": c.layout.describe(), "choices": _describe_choices(c), "reasons": list(c.problems)}
+        "rejected": [{"layout": c.layout.describe(), "choices": _describe_choices(c, bool(result.workload.frames)),
+                      "reasons": list(c.problems)}
                      for c in result.rejected],
     }
 
@@ -131,6 +139,7 @@ def _candidate_json(candidate: Candidate) -> dict:
         "ulysses": candidate.layout.ulysses, "dp": candidate.layout.dp, "gpus": candidate.layout.gpus,
         "deepspeed": candidate.choices.deepspeed, "zero_stage": candidate.choices.zero_stage, "lora": candidate.choices.lora,
         "gradient_checkpointing": candidate.choices.checkpointing, "bf16": candidate.choices.bf16,
+        "mmsp_impl": candidate.choices.mmsp, "vision_chunk_frames": candidate.choices.vision_chunk_frames,
         "memory_gib": candidate.memory.as_dict() if candidate.memory else None,
         "step_time_s": candidate.time.as_dict() if candidate.time else None,
         "problems": list(candidate.problems),

@@ -8,7 +8,9 @@ FLOPs per rank (one micro-batch of ``tokens / SP`` local tokens):
 - Attention: causal forward 4 * S^2 * heads * head_dim * 0.5 per layer over the whole sequence, split evenly over
   the SP ranks (zigzag balances the causal work); the backward is 2.5x the forward (``benchmarks/RESULTS.md``),
   and the recompute repeats the forward. Packed documents do less work; this is the one-document bound.
-- Vision (stage 5 and the image stages): SigLIP's layers on this rank's share of the frames.
+- Vision (stage 5 and the image stages): SigLIP's layers on this rank's share of the frames; a trained tower is
+  recomputed in the backward whenever its frames are chunked (``--vision_chunk_frames`` above 0), whatever
+  ``--gradient_checkpointing`` says.
 
 Communication (bytes per rank over the link the group spans; ``Device.link_efficiency`` of its bandwidth):
 
@@ -124,5 +126,7 @@ def _vision_flops(shape: ModelShape, layout: Layout, workload: Workload, choices
     width, inner, patches = shape.vision_hidden_size, shape.vision_intermediate_size, shape.vision_patches
     per_patch_layer = 2 * (4 * width * width + 2 * width * inner) + 4 * patches * width
     trains = "vision_tower" in choices.trains
+    if choices.vision_chunk_frames:
+        recompute = 1  # the chunk's whole tower runs again in the backward
     passes = (1 + recompute + 2) if trains else 1
     return frames * patches * per_patch_layer * shape.vision_layers * passes

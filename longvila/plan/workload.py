@@ -1,5 +1,6 @@
 """What a plan trains: the stage, the sequence (text tokens, or video frames turned into tokens) and the choices
-that change memory and speed (ZeRO stage, LoRA, checkpointing and its offload, MLP tiling, the loss, precision).
+that change memory and speed (ZeRO stage, LoRA, checkpointing and its offload, MLP tiling, the loss, precision, and
+for video the MM-SP path and the vision tower's chunk).
 
 Stage names and what each trains come from the stage modules themselves (``longvila.stages.<name>.SPEC``).
 """
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from longvila.distributed.integration import MMSP_IMPLS
 from longvila.model.media_expansion import video_positions
+from longvila.model.vlm import DEFAULT_VISION_CHUNK_FRAMES
 
 DEEPSPEED_CONFIGS = ("zero2", "zero2_offload", "zero3", "zero3_offload")
 """The packaged DeepSpeed configs a plan chooses between, cheapest in time first."""
@@ -46,6 +49,16 @@ class TrainingChoices:
     loss_impl: str = "chunked"
     bf16: bool = True
     micro_batch: int = 1
+    mmsp: str = "route"
+    """``--mmsp_impl`` (the trainer's ``MMSP_IMPLS``): ``route`` (the default: each rank moves only its own frames
+    and sends each frame's features by all-to-all-v straight to the ranks holding their positions; text embedded
+    after sharding, no full-length tensor on any rank) | ``gather`` (the old MM-SP: every rank moves every frame,
+    all-gathers every frame's features and builds the whole embedded sequence before taking its shard; kept
+    until the long-video memory benchmark has compared the two)."""
+    vision_chunk_frames: int = DEFAULT_VISION_CHUNK_FRAMES
+    """``--vision_chunk_frames`` (either MM-SP path; default the trainer's): the rank's frames go through the tower
+    this many at a time, each chunk recomputed whole in the backward; 0 encodes them in one pass with the tower's
+    per-layer checkpoints (with ``--mmsp_impl gather``: the old path)."""
 
     def __post_init__(self) -> None:
         if self.deepspeed not in DEEPSPEED_CONFIGS:
@@ -56,6 +69,10 @@ class TrainingChoices:
             raise ValueError(f"--loss_impl must be chunked or naive, got {self.loss_impl!r}")
         if self.tiled_mlp_tokens < 0 or self.micro_batch < 1:
             raise ValueError("--tiled_mlp_tokens must be >= 0 and --per_device_train_batch_size >= 1")
+        if self.mmsp not in MMSP_IMPLS:
+            raise ValueError(f"--mmsp_impl must be one of {', '.join(MMSP_IMPLS)}, got {self.mmsp!r}")
+        if self.vision_chunk_frames < 0:
+            raise ValueError(f"--vision_chunk_frames must be >= 0, got {self.vision_chunk_frames}")
 
     @property
     def zero_stage(self) -> int:

@@ -103,18 +103,25 @@ def test_malformed_records_are_skipped_counted_and_warned(media_dir, tokenizer, 
     assert any("line 2" in r.getMessage() for r in warnings)
 
 
-def test_bad_media_returns_none_and_warns_once(media_dir, tokenizer, image_processor, caplog):
+@pytest.mark.parametrize("lazy", [False, True])
+def test_bad_media_returns_none_and_warns_once(media_dir, tokenizer, image_processor, caplog, lazy):
+    """Eager or lazy (opened, not decoded), a file that cannot be opened skips its sample when it is read."""
     path = write_jsonl(media_dir / "d.jsonl", [
         {"id": "missing", "video": "nope.mp4", "conversations": qa("<video>\nHi", "x")},
         {"id": "corrupt", "video": "corrupt.mp4", "conversations": qa("<video>\nHi", "x")},
         {"id": "badimg", "image": "corrupt.mp4", "conversations": qa("<image>\nHi", "x")},
         {"id": "good", "video": "clip.mp4", "conversations": qa("<video>\nHi", "x")},
     ])
-    ds = ConversationDataset(path, tokenizer, image_processor, num_video_frames=2)
+    ds = ConversationDataset(path, tokenizer, image_processor, num_video_frames=2, lazy_media=lazy)
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         for _ in range(3):
             assert ds[0] is None and ds[1] is None and ds[2] is None
         assert ds[3] is not None
+    if lazy:
+        from longvila.data.video import VideoClip
+
+        clip = ds[3]["media"][0]
+        assert isinstance(clip, VideoClip) and clip.num_frames == 2 and clip.path.endswith("clip.mp4")
     msgs = [r.getMessage() for r in caplog.records]
     assert len(msgs) == 3  # once per bad index, not once per access
     assert "missing" in msgs[0] and "nope.mp4" in msgs[0]

@@ -55,3 +55,101 @@ def test_the_naive_loss_grows_with_the_vocabulary_and_tiling_caps_the_mlp():
     assert naive.loss_gib > 10 * chunked.loss_gib
     untiled = predict_memory(shape, Layout(1, 1), Workload(32768), TrainingChoices(tiled_mlp_tokens=0), H100)
     assert untiled.layer_transient_gib > chunked.layer_transient_gib + 32768 * 8960 * 2 * 3 / 2**30
+
+
+VIDEO = "s5_long_video_sft"  # trains the tower, the projector and the LLM
+OLD_MMSP = {"mmsp": "gather", "vision_chunk_frames": 0}  # before issue 21: gathered features, per-layer checkpoints
+GiB = 2**30
+
+
+@pytest.fixture(scope="module")
+def video_shape():
+    # The video terms do not depend on the LLM's depth; two layers keep the meta-device build quick.
+    return resolve_model_shape("qwen2-7b", trains=frozenset({"vision_tower", "mm_projector", "llm"}), num_layers=2)
+
+
+def _video(shape, frames, sp, **choices):
+    work = Workload.from_frames(frames, shape.tokens_per_frame)
+    return predict_memory(shape, Layout(sp, 8, sp, sp), work, TrainingChoices(stage=VIDEO, **choices), H100)
+
+
+def test_route_has_no_replicated_video_term_and_gather_does(video_shape):
+    """Route: doubling SP halves the pixels and the features (nothing on a rank is a copy of another rank's), and the
+    chunked tower stays one chunk. Gather: every rank keeps the gathered features and the whole embedded sequence
+    (with their gradients) and every frame's fp32 pixels, whatever the SP degree."""
+    shape = video_shape
+    four, eight = _video(shape, 2048, 4), _video(shape, 2048, 8)
+    assert eight.video_pixels_gib == pytest.approx(four.video_pixels_gib / 2)
+    assert eight.video_features_gib == pytest.approx(four.video_features_gib / 2)
+    assert eight.vision_tower_gib == four.vision_tower_gib > 0
+    old_four, old_eight = _video(shape, 2048, 4, **OLD_MMSP), _video(shape, 2048, 8, **OLD_MMSP)
+    work = Workload.from_frames(2048, shape.tokens_per_frame)
+    replicated = 2 * (2048 * shape.tokens_per_frame + work.tokens) * shape.hidden_size * 2 / GiB
+    assert old_eight.video_features_gib > replicated > 10  # the issue's "10-15 GB per rank"
+    assert old_eight.video_features_gib > 0.85 * old_four.video_features_gib
+    assert old_eight.video_pixels_gib > 0.85 * old_four.video_pixels_gib
+    assert old_eight.video_pixels_gib == pytest.approx(2048 * 3 * 384**2 * 4 / GiB + 256 * 3 * 384**2 * 2 / GiB)
+    assert eight.video_pixels_gib == pytest.approx(256 * 3 * 384**2 * 2 / GiB)  # cast to bf16 on the way
+    # The old path's tower keeps a per-layer checkpoint of every frame of the rank: ~45 MB per frame.
+    assert old_eight.vision_tower_gib > 256 * 27 * 729 * 1152 * 2 / GiB > 1.5 * eight.vision_tower_gib
+    assert old_eight.peak_gib > eight.peak_gib + 20
+
+
+def test_video_terms_are_in_the_backward_peak(video_shape):
+    """Pixels and features are made in the forward and held until their gradients have gone back: each adds to
+    the backward phase whole (the optimizer step comes after they are freed)."""
+    from dataclasses import replace
+
+    route = _video(video_shape, 2048, 8)
+    assert route.video_pixels_gib > 0 and route.video_features_gib > 0 and route.backward_gib == route.peak_gib
+    assert replace(route, video_pixels_gib=0).backward_gib == pytest.approx(route.backward_gib - route.video_pixels_gib)
+    assert replace(route, video_features_gib=0).backward_gib == pytest.approx(
+        route.backward_gib - route.video_features_gib)
+    assert replace(route, video_pixels_gib=0, video_features_gib=0).step_gib == route.step_gib
+    text = predict_memory(video_shape, Layout(8, 8, 8, 8), Workload(65536), TrainingChoices(stage=VIDEO), H100)
+    assert text.video_pixels_gib == text.video_features_gib == text.vision_tower_gib == 0
+
+
+def test_the_chunked_tower_does_not_grow_with_frames(video_shape):
+    """Route: growing the video adds pixels and features only; the tower holds one chunk (smaller chunks, less).
+    Gather, and route with ``--vision_chunk_frames 0``, keep checkpoints that grow with every frame of the rank."""
+    short, long = _video(video_shape, 256, 8), _video(video_shape, 4096, 8)
+    assert long.vision_tower_gib == short.vision_tower_gib
+    assert long.video_pixels_gib == pytest.approx(16 * short.video_pixels_gib)
+    growth = long.backward_gib - short.backward_gib
+    video_growth = (long.video_pixels_gib + long.video_features_gib) - (short.video_pixels_gib
+                                                                         + short.video_features_gib)
+    assert video_growth < growth  # the rest is the LLM's activations
+    assert _video(video_shape, 4096, 8, vision_chunk_frames=1).vision_tower_gib < long.vision_tower_gib / 4
+    unchunked = _video(video_shape, 4096, 8, vision_chunk_frames=0)
+    old = _video(video_shape, 4096, 8, **OLD_MMSP)
+    assert unchunked.vision_tower_gib == old.vision_tower_gib
+    assert old.vision_tower_gib == pytest.approx(16 * _video(video_shape, 256, 8, **OLD_MMSP).vision_tower_gib)
+    # The trainer chunks the tower on either MM-SP path.
+    assert _video(video_shape, 4096, 8, mmsp="gather").vision_tower_gib == long.vision_tower_gib
+    # A chunk larger than the rank's share is the share.
+    assert _video(video_shape, 16, 8, vision_chunk_frames=64).vision_tower_gib == pytest.approx(
+        _video(video_shape, 16, 8, vision_chunk_frames=2).vision_tower_gib)
+
+
+def test_a_frozen_tower_keeps_nothing():
+    shape = resolve_model_shape("qwen2-7b", num_layers=2)  # stage 4 trains the LLM only
+    work = Workload.from_frames(2048, shape.tokens_per_frame)
+    route = predict_memory(shape, Layout(8, 8, 8, 8), work, TrainingChoices(stage="s4_context_ext"), H100)
+    trained = predict_memory(shape, Layout(8, 8, 8, 8), work, TrainingChoices(stage=VIDEO), H100)
+    assert 0 < route.vision_tower_gib < trained.vision_tower_gib / 20
+    assert route.vision_tower_gib == predict_memory(shape, Layout(8, 8, 8, 8), Workload.from_frames(
+        4096, shape.tokens_per_frame), TrainingChoices(stage="s4_context_ext"), H100).vision_tower_gib
+
+
+def test_at_sp_1_the_two_paths_hold_the_same_features(video_shape):
+    route, gather = _video(video_shape, 64, 1), _video(video_shape, 64, 1, mmsp="gather")
+    assert route.video_features_gib == gather.video_features_gib > 0
+    # Gather moves the processor's fp32 frames before casting; route casts them on the way.
+    assert gather.video_pixels_gib == pytest.approx(route.video_pixels_gib * (4 + 2) / 2)
+
+
+@pytest.mark.parametrize("bad", [{"mmsp": "scatter"}, {"vision_chunk_frames": -1}])
+def test_video_choices_are_checked(bad):
+    with pytest.raises(ValueError, match="mmsp_impl|vision_chunk_frames"):
+        TrainingChoices(**bad)

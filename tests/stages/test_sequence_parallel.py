@@ -20,7 +20,7 @@ from longvila.stages.common import run_stage
 WORKER = Path(__file__).with_name("sp_equivalence_worker.py")
 STEPS = "10"
 # Measurements of this run on this machine; every other column must equal the single process's.
-MEASURED = {"tokens_per_sec", "step_seconds", "max_memory_gb", "step_peak_memory_gb"}
+MEASURED = {"tokens_per_sec", "step_seconds", "max_memory_gb", "step_peak_memory_gb", "data_seconds", "decode_seconds"}
 EXACT = ("step", "num_tokens", "num_positions", "skipped_samples", "epoch")
 sys.path.insert(0, str(WORKER.parent))
 from sp_equivalence_worker import LAYOUTS, stage_flags  # noqa: E402
