@@ -275,3 +275,40 @@ def test_text_batches_embed_only_the_local_shard(tiny, ring):
     finally:
         handle.remove()
     assert seen == [(2, 20)]
+
+
+def _saved_bytes(model, frames):
+    """Bytes autograd keeps from encoding ``frames`` (what stays alive until the backward)."""
+    total = [0]
+
+    def pack(tensor):
+        total[0] += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = model.encode_frames(frames)
+    if out.requires_grad:
+        out.sum().backward()
+    return total[0]
+
+
+@pytest.mark.parametrize("trains", ["all", "projector", "lora", "nothing"])
+def test_chunked_tower_keeps_only_the_pixels(tiny, trains):
+    """With chunks, what the tower keeps for the backward is each chunk's input pixels, whatever the frame count;
+    a tower and projector that do not train keep nothing."""
+    model, _, _ = tiny
+    model.train()
+    if trains == "lora":
+        from longvila.model.lora import apply_vision_lora
+
+        model.set_trainable(vision_tower=False, mm_projector=False, llm=False)
+        apply_vision_lora(model, r=2, alpha=4)
+    else:
+        model.set_trainable(vision_tower=trains == "all", mm_projector=trains in ("all", "projector"), llm=False)
+    model.vision_chunk_frames = 2
+    pixels = 3 * 64 * 64 * 4
+    saved = [_saved_bytes(model, torch.randn(n, 3, 64, 64)) for n in (3, 6, 12)]
+    assert saved == ([0, 0, 0] if trains == "nothing" else [n * pixels for n in (3, 6, 12)])
+    model.vision_chunk_frames = 0
+    if trains in ("all", "lora"):  # without chunks the tower keeps its activations, more than the pixels
+        assert _saved_bytes(model, torch.randn(12, 3, 64, 64)) > saved[-1]
