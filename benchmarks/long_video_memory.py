@@ -9,19 +9,27 @@ SigLIP-so400m-shaped tower (384 px, 14 px patches, 1152 hidden, 4304 MLP, 16 hea
 Qwen2-0.5B's LLM shapes with the real 151,936-token vocabulary (``--llm_layers``, default 1) and ``mlp_downsample``
 (196 tokens per frame). The data are real H.264 mp4 clips at 384 px written with PyAV, one video question per sample.
 
-Systems (the stage's own flags, nothing else differs):
+Systems (the stage's own flags; each comparison changes one thing):
 - ``old``: ``--mmsp_impl gather --vision_chunk_frames 0 --dataloader_num_workers 0``: every rank decodes every
   frame on the training thread, the tower keeps per-layer checkpoints of all its frames, every frame's features are
   all-gathered and every rank builds the whole embedded sequence;
-- ``new``: the defaults: each rank decodes only its frames in background threads, the tower recomputes 8-frame
-  chunks, features go by all-to-all-v to the rank holding their positions.
+- ``new``: ``--dataloader_num_workers 0``, otherwise the defaults: each rank decodes only its frames (inline, so
+  its decode time is not inflated by sharing the cores with the step), the tower recomputes 8-frame chunks, features
+  go by all-to-all-v to the rank holding their positions. ``old`` against ``new`` is the memory comparison;
+- ``new_ahead``: the defaults, with 2 loader threads decoding ahead. ``new`` against ``new_ahead`` is the
+  data-loading comparison (``data_seconds``), and shows what loading ahead costs in host memory (on a CPU the
+  prefetched pixels and the decoders' buffers are in the same resident set as the step).
+
+At these few layers the LLM's own activations grow with tokens until ``--tiled_mlp_tokens`` (4096 per rank) caps the
+MLP's transient; that growth is the same in every system, so compare growth past that point (or read the planner's
+term-by-term breakdown).
 
 Each (SP, frames, system) point is a fresh run of ``--steps`` fp32 optimizer steps with gradient checkpointing; the
 point reports the last step: per-rank step peak (resident-set peak of that step alone, the max over ranks),
 tokens/s, ``data_seconds`` (the step's wait for data), ``decode_seconds`` and decode time per decoded frame (each
 rank decodes its share), and beside it the time to decode and preprocess the whole clip once (what every rank did
 before). Growth is GB per 100 frames between frame counts. Systems alternate inside each frame count (old, new,
-old, new with ``--repeats 2``), so a drift of the shared host hits both. Writes ``long_video_memory_sp<N>.json``
+new_ahead, old, ... with ``--repeats 2``), so a drift of the shared host hits both. Writes ``long_video_memory_sp<N>.json``
 and a ``.png`` of step peak against frames.
 """
 
@@ -38,7 +46,8 @@ from pathlib import Path
 
 SYSTEMS = {
     "old": ["--mmsp_impl", "gather", "--vision_chunk_frames", "0", "--dataloader_num_workers", "0"],
-    "new": [],
+    "new": ["--dataloader_num_workers", "0"],
+    "new_ahead": [],
 }
 TOKENS_PER_FRAME = 196  # mlp_downsample on a 27 x 27 SigLIP grid
 
@@ -138,7 +147,8 @@ def plot(summary: list[dict], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for system, label in (("old", "old: gather + per-layer tower checkpoints"),
-                          ("new", "new: routed features + chunked tower")):
+                          ("new", "new: routed features + chunked tower"),
+                          ("new_ahead", "new, loading ahead in 2 threads")):
         points = sorted((p["frames"], p["step_peak_gb"]) for p in summary if p["system"] == system)
         if points:
             ax.plot(*zip(*points), marker="o", label=label)

@@ -2,7 +2,8 @@
 
 Decoding a long video takes seconds; done on the training thread the accelerator waits for it. Here one producer
 thread walks the :class:`~longvila.engine.data_stream.MicroBatchStream` (which samples, which are skipped) and
-``num_workers`` threads collate (decode and preprocess) up to ``num_workers + 1`` batches ahead. decord, PIL
+``num_workers`` threads collate (decode and preprocess) up to ``num_workers + 1`` batches ahead (each a rank's share
+of a long video's pixels, so the lookahead is kept short). decord, PIL
 and the image processor's numpy work release the GIL, so threads overlap with the step without the start-up and
 pickling costs of worker processes, and the stream's state stays in one process.
 
@@ -134,7 +135,7 @@ class PrefetchingStream:
 
     def _start(self) -> None:
         self._pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="longvila-load")
-        self._queue = queue.Queue(maxsize=self.num_workers + 1)
+        self._queue = queue.Queue(maxsize=self.num_workers)  # plus the one the producer holds
         self._stop = threading.Event()
         self._producer = threading.Thread(target=self._produce, args=(self._pool, self._queue, self._stop),
                                           name="longvila-batches", daemon=True)

@@ -18,6 +18,24 @@ def stage_data(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+@pytest.fixture(scope="session")
+def mixed_media_data(stage_data, tmp_path_factory) -> Path:
+    """Stage-5 samples that each hold an image and a video (absolute paths): every batch mixes both kinds."""
+    import json
+
+    def records(path: Path) -> list[dict]:
+        text = path.read_text()
+        return json.loads(text) if text.lstrip().startswith("[") else [json.loads(l) for l in text.splitlines()]
+
+    videos, images = records(stage_data["video"]), records(stage_data["caption"])
+    mixed = [{**video, "id": f"mixed-{i}", "video": str(stage_data["video"].parent / video["video"]),
+              "image": str(stage_data["caption"].parent / image["image"])}
+             for i, (video, image) in enumerate(zip(videos, images))]
+    path = tmp_path_factory.mktemp("mixed") / "image_and_video.json"
+    path.write_text(json.dumps(mixed))
+    return path
+
+
 STAGE_DATA = {
     "s1_align": "caption",
     "s2_pretrain": "caption",

@@ -24,7 +24,7 @@ def stage_flags(stage, data, out, steps):
              "--per_device_train_batch_size", "1", "--learning_rate", "1e-3"]
     if stage == "s4_context_ext":
         return flags + ["--model_max_length", "300"]
-    return flags + ["--num_video_frames", "6", "--model_max_length", "256"]
+    return flags + ["--num_video_frames", "6", "--model_max_length", "256", "--vision_chunk_frames", "1"]
 
 
 def main():

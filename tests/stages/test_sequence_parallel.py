@@ -27,21 +27,22 @@ from sp_equivalence_worker import LAYOUTS, stage_flags  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def sp_runs(stage_data, tmp_path_factory):
+def sp_runs(stage_data, mixed_media_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("sp-runs")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4", str(WORKER),
-               str(root), str(stage_data["long_text"]), str(stage_data["video"]), STEPS]
+               str(root), str(stage_data["long_text"]), str(mixed_media_data), STEPS]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=child_environment())
     assert result.returncode == 0, result.stderr[-4000:]
     return root
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage, data_key", [("s4_context_ext", "long_text"), ("s5_long_video_sft", "video")])
-def test_every_layout_matches_single_process(stage, data_key, stage_data, sp_runs, tmp_path):
+@pytest.mark.parametrize("stage", ["s4_context_ext", "s5_long_video_sft"])
+def test_every_layout_matches_single_process(stage, stage_data, mixed_media_data, sp_runs, tmp_path):
     references = {}
+    data = stage_data["long_text"] if stage == "s4_context_ext" else mixed_media_data  # s5: image + video each
     for batch in (1, 2):
-        flags = stage_flags(stage, str(stage_data[data_key]), tmp_path / f"single-b{batch}", STEPS)
+        flags = stage_flags(stage, str(data), tmp_path / f"single-b{batch}", STEPS)
         flags[flags.index("--per_device_train_batch_size") + 1] = str(batch)
         references[batch] = run_stage(stage_spec(stage), flags).history
     for name in LAYOUTS:
