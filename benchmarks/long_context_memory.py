@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from rank_runs import launcher, run_ranks, save_line_plot
 
 from longvila.plan.measured import BENCHMARK_SYSTEMS, probe_step_flags, system_flags
 
@@ -39,18 +38,6 @@ OURS = {name: system_flags(name) for name in BENCHMARK_SYSTEMS}
 ALST = {"alst": [], "alst_untiled": ["--untiled"]}  # DeepSpeed's peer, only under SP (benchmarks/alst_step.py)
 SYSTEMS = {**OURS, **ALST}
 ALST_SCRIPT = Path(__file__).resolve().with_name("alst_step.py")
-
-
-def launcher(sp: int) -> list[str]:
-    """One process for SP=1, else ``torchrun`` on ``sp`` gloo ranks (a fresh port per run)."""
-    if sp == 1:
-        return [sys.executable]
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(sp), "--master_port", str(port)]
 
 
 def point_command(checkpoint: Path, out: Path, system: str, length: int, sp: int,
@@ -69,15 +56,8 @@ def point_command(checkpoint: Path, out: Path, system: str, length: int, sp: int
 def run_point(checkpoint: Path, out: Path, system: str, length: int, sp: int, extra: list[str],
               timeout: float) -> dict | None:
     command, metrics = point_command(checkpoint, out, system, length, sp, extra)
-    threads = max(1, (os.cpu_count() or 1) // sp)
     started = time.perf_counter()
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                                env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-    except subprocess.TimeoutExpired:
-        return None
-    if result.returncode != 0:
-        print(result.stderr[-2000:], file=sys.stderr)
+    if not run_ranks(command, sp, timeout):
         return None
     first, last = (json.loads(line) for line in metrics.read_text().splitlines()[:2])
     for weights in out.rglob("*.safetensors"):  # the trained model is not the point; keep the disk free
@@ -89,24 +69,8 @@ def run_point(checkpoint: Path, out: Path, system: str, length: int, sp: int, ex
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for system in SYSTEMS:
-        points = sorted((r["tokens"], r["peak_gb"]) for r in rows if r["system"] == system)
-        if points:
-            ax.plot(*zip(*points), marker="o", label=system)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("tokens per step")
-    ax.set_ylabel("peak resident memory per rank (GB)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    series = {system: [(r["tokens"], r["peak_gb"]) for r in rows if r["system"] == system] for system in SYSTEMS}
+    save_line_plot(series, path, "tokens per step", "peak resident memory per rank (GB)", title)
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:

@@ -37,12 +37,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from rank_runs import launcher, run_ranks, save_line_plot
 
 SYSTEMS = {
     "old": ["--mmsp_impl", "gather", "--vision_chunk_frames", "0", "--dataloader_num_workers", "0"],
@@ -50,17 +49,6 @@ SYSTEMS = {
     "new_ahead": [],
 }
 TOKENS_PER_FRAME = 196  # mlp_downsample on a 27 x 27 SigLIP grid
-
-
-def launcher(sp: int) -> list[str]:
-    if sp == 1:
-        return [sys.executable]
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(sp), "--master_port", str(port)]
 
 
 def write_data(folder: Path, frames: int, samples: int) -> Path:
@@ -93,15 +81,8 @@ def run_point(checkpoint: Path, data: Path, out: Path, system: str, frames: int,
                "--bf16", "false", "--disable_tqdm", "true", "--per_device_train_batch_size", "1",
                *(["--seq_parallel_size", str(sp), "--seq_parallel_ring_size", str(ring)] if sp > 1 else []),
                *SYSTEMS[system]]
-    threads = max(1, (os.cpu_count() or 1) // sp)
     started = time.perf_counter()
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                                env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-    except subprocess.TimeoutExpired:
-        return None
-    if result.returncode != 0:
-        print(result.stderr[-3000:], file=sys.stderr)
+    if not run_ranks(command, sp, timeout):
         return None
     last = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
     for weights in out.rglob("*.safetensors"):  # the trained model is not the point; keep the disk free
@@ -140,26 +121,11 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 def plot(summary: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for system, label in (("old", "old: gather + per-layer tower checkpoints"),
-                          ("new", "new: routed features + chunked tower"),
-                          ("new_ahead", "new, loading ahead in 2 threads")):
-        points = sorted((p["frames"], p["step_peak_gb"]) for p in summary if p["system"] == system)
-        if points:
-            ax.plot(*zip(*points), marker="o", label=label)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("video frames per sample")
-    ax.set_ylabel("step peak per rank (GB)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    labels = {"old": "old: gather + per-layer tower checkpoints", "new": "new: routed features + chunked tower",
+              "new_ahead": "new, loading ahead in 2 threads"}
+    series = {label: [(p["frames"], p["step_peak_gb"]) for p in summary if p["system"] == system]
+              for system, label in labels.items()}
+    save_line_plot(series, path, "video frames per sample", "step peak per rank (GB)", title)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
