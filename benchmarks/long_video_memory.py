@@ -140,7 +140,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per run; the last one is reported")
     parser.add_argument("--repeats", type=int, default=1, help="runs per (system, frames), systems interleaved")
     parser.add_argument("--max_seconds", type=float, default=1800.0, help="per run")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list of {', '.join(SYSTEMS)}")
     args = parser.parse_args(argv)
+    args.systems = args.systems.split(",")
+    if not args.systems or set(args.systems) - set(SYSTEMS):
+        parser.error(f"--systems: choose from {', '.join(SYSTEMS)}")
     if args.sp < 1 or args.sp % args.ring:
         parser.error(f"--sp {args.sp} must be a positive multiple of --ring {args.ring}")
     return args
@@ -166,7 +170,7 @@ def main() -> None:
         data = write_data(args.output_dir / "data" / f"clips-{frames}", frames, samples=4)
         whole = whole_clip_decode_seconds(data, frames, processor)
         for repeat in range(args.repeats):
-            for system in SYSTEMS:
+            for system in args.systems:
                 out = args.output_dir / "runs" / f"{layout}-{system}-{frames}-{repeat}"
                 row = run_point(checkpoint, data, out, system, frames, args.sp, args.ring, args.steps,
                                 args.max_seconds)

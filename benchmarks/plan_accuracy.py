@@ -4,10 +4,11 @@
     python benchmarks/plan_accuracy.py --output_dir runs/plan_accuracy --live   # plus one fresh CPU measurement
 
 Part 1 predicts every row of ours in the long-context memory benchmark's result files
-(``benchmarks/results/cpu-*-long-context-memory*.json``: fp32 CPU stage-4 steps at real layer shapes) and prints
-predicted vs measured with the relative error. ``--live`` adds a fresh measurement: a Qwen2-0.5B-shape, one-layer
-VILA checkpoint trained for two steps at 1,024 tokens in one process (``longvila.plan.measured.live_comparison``,
-the same run ``tests/plan/test_accuracy.py`` makes). Part 2 runs the planner on the published runs of
+(``benchmarks/results/cpu-*-long-context-memory*.json``: fp32 CPU stage-4 steps at real layer shapes) and the old
+and new rows of the long-video memory benchmark's (``cpu-*-long-video-memory*.json``: fp32 CPU stage-5 steps, SP 1
+and 2), and prints predicted vs measured with the relative error. ``--live`` adds a fresh measurement: a
+Qwen2-0.5B-shape, one-layer VILA checkpoint trained for two steps at 1,024 tokens in one process
+(``longvila.plan.measured.live_comparison``, the same run ``tests/plan/test_accuracy.py`` makes). Part 2 runs the planner on the published runs of
 ``longvila.plan.published`` and prints its verdict, the layout it picks and the longest sample that fits. Writes
 ``plan_accuracy.json`` and ``plan_accuracy.png`` (predicted against measured, with the 10% band) into
 ``--output_dir``; the tables go to stdout as Markdown.
@@ -24,11 +25,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def measured_comparisons() -> list:
-    from longvila.plan.measured import compare_benchmark_rows
+    from longvila.plan.measured import compare_benchmark_rows, compare_video_rows
 
     out = []
     for path in sorted(RESULTS.glob("cpu-*-long-context-memory*.json")):
         out += [(path.name, c) for c in compare_benchmark_rows(json.loads(path.read_text()))]
+    for path in sorted(RESULTS.glob("cpu-*-long-video-memory*.json")):
+        out += [(path.name, c) for c in compare_video_rows(json.loads(path.read_text())["rows"])]
     return out
 
 
@@ -91,7 +94,7 @@ def plot(comparisons, path: Path) -> None:
     ax.set_ylim(0, top)
     ax.set_xlabel("measured peak per rank (GiB)")
     ax.set_ylabel("longvila plan's prediction (GiB)")
-    ax.set_title("Planner vs measured, fp32 CPU stage-4 steps", fontsize=9)
+    ax.set_title("Planner vs measured, fp32 CPU stage-4 and stage-5 steps", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

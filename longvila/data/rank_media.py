@@ -32,27 +32,24 @@ class RankMedia:
     sp_size: int = 1
 
     def __call__(self, media: list[list]) -> dict:
-        """``media``: per sample, its opened media (``ImageFile`` / ``VideoClip``) -> the batch's ``media``
-        (each medium's local piece as (k, 3, H, W) pixels), ``media_frames`` (every medium's frame count),
-        ``media_failed`` (rows whose piece could not be decoded here) and ``decode_seconds``."""
+        """``media``: per sample, its opened media (``ImageFile`` / ``VideoClip``) -> the batch's ``frames``
+        (this rank's frames as one (k, 3, H, W) pixel tensor, in text order: one tensor, so it moves to the device
+        in one copy and the tower reads it without another), ``media_frames`` (every medium's frame count),
+        ``media_failed`` (rows whose frames could not be decoded here) and ``decode_seconds``. ``media`` becomes
+        None: the frames and counts replace it."""
         counts = [[m.num_frames for m in sample] for sample in media]
         split = split_frames(sum(map(sum, counts)), self.sp_rank, self.sp_size)
         started = time.perf_counter()
         pieces, failed, offset = [], [], 0
         for row, sample in enumerate(media):
-            row_pieces = []
             for medium in sample:
                 lo, hi = max(split.start - offset, 0), min(split.stop - offset, medium.num_frames)
                 offset += medium.num_frames
-                row_pieces.append(self._pixels(medium, lo, hi, row, failed))
-            pieces.append(row_pieces)
-        return {"media": pieces, "media_frames": counts, "media_failed": failed,
+                if lo < hi and row not in failed:
+                    try:
+                        pieces.append(pixel_values(self.image_processor, medium.frames(lo, hi)))
+                    except MediaError:
+                        failed.append(row)
+        frames = torch.cat(pieces) if len(pieces) > 1 else pieces[0] if pieces else torch.zeros((0, 3, 1, 1))
+        return {"media": None, "frames": frames, "media_frames": counts, "media_failed": failed,
                 "decode_seconds": time.perf_counter() - started}
-
-    def _pixels(self, medium, lo: int, hi: int, row: int, failed: list[int]) -> torch.Tensor:
-        if lo < hi and row not in failed:
-            try:
-                return pixel_values(self.image_processor, medium.frames(lo, hi))
-            except MediaError:
-                failed.append(row)
-        return torch.zeros((0, 3, 1, 1))

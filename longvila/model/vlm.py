@@ -176,26 +176,24 @@ class VILAModel(nn.Module):
         proj_dtype = next(self.mm_projector.parameters()).dtype
         return self.mm_projector(feats.to(proj_dtype))
 
-    def rank_frames(self, media: list[list[torch.Tensor]], media_frames: list[list[int]] | None,
+    def rank_frames(self, media: list[list[torch.Tensor]] | None, frames: torch.Tensor | None,
                     split) -> torch.Tensor:
         """This rank's frames ``[split.start, split.stop)`` of the batch (frames in text order), on the device,
         then ``split.num_dummy`` zero frames so every SP rank runs the same tower shapes.
 
-        ``media_frames`` given: the loader already decoded only this rank's frames, so ``media`` holds each
-        medium's local piece; otherwise ``media`` holds whole media and only the rank's slices are moved.
+        ``frames`` given: the loader already decoded only this rank's frames, as one tensor (used as it is when no
+        dummy is needed); otherwise ``media`` holds whole media and only the rank's slices are moved.
         """
         vt_param = next(self.vision_tower.parameters())
-        pieces, offset = [], 0
-        for medium in (m for sample in media for m in sample):
-            if media_frames is not None:
-                if medium.shape[0]:
-                    pieces.append(medium)
-                continue
-            lo, hi = max(split.start - offset, 0), min(split.stop - offset, medium.shape[0])
-            if lo < hi:
-                pieces.append(medium[lo:hi])
-            offset += medium.shape[0]
-        pieces = [p.to(vt_param.device, vt_param.dtype) for p in pieces]
+        if frames is None:
+            pieces, offset = [], 0
+            for medium in (m for sample in media for m in sample):
+                lo, hi = max(split.start - offset, 0), min(split.stop - offset, medium.shape[0])
+                if lo < hi:
+                    pieces.append(medium[lo:hi].to(vt_param.device, vt_param.dtype))
+                offset += medium.shape[0]
+        else:
+            pieces = [frames.to(vt_param.device, vt_param.dtype)] if frames.shape[0] else []
         real = sum(p.shape[0] for p in pieces)
         if real != split.num_real:
             raise ValueError(f"this rank should encode {split.num_real} frames of {split.num_frames}, the batch "
@@ -204,7 +202,7 @@ class VILAModel(nn.Module):
         frame_shape = pieces[0].shape[1:] if pieces else (3, size, size)
         if split.num_dummy:
             pieces.append(torch.zeros((split.num_dummy, *frame_shape), dtype=vt_param.dtype, device=vt_param.device))
-        return torch.cat(pieces)
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     # ---------------------------------------------------------------- sequence
     def build_sequence(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -258,20 +256,20 @@ class VILAModel(nn.Module):
         return SequenceInputs(None, labels, positions, mask, token_ids=ids_padded,
                               feature_rows=right_pad_rows(feature_rows, -1), num_frames=first)
 
-    def embed_positions(self, seq: SequenceInputs, media, media_frames=None) -> torch.Tensor:
+    def embed_positions(self, seq: SequenceInputs, media, frames: torch.Tensor | None = None) -> torch.Tensor:
         """(B, S_local, H) embeddings of this rank's positions: token ids through the embedding table, and the
-        features of the frames this rank encodes routed to whichever rank holds their positions."""
+        features of the frames this rank encodes routed to whichever rank holds their positions (written into the
+        embedding's output in place: its backward needs only the ids, so no second copy of the shard is made)."""
         from longvila.distributed.media_routing import plan_local, route_features
 
         embeds = self.llm.get_input_embeddings()(seq.token_ids)
         if seq.feature_rows is None:
             return embeds
         routes = seq.media_routes or plan_local(seq.feature_rows, seq.num_frames)
-        frames = self.rank_frames(media, media_frames, routes.frames)
-        features = self.frame_encoder(frames)[:routes.frames.num_real]
+        features = self.frame_encoder(self.rank_frames(media, frames, routes.frames))[:routes.frames.num_real]
         rows = route_features(features.reshape(-1, features.shape[-1]).to(embeds.dtype), routes)
-        flat = embeds.reshape(-1, embeds.shape[-1]).index_put((routes.recv_positions.to(embeds.device),), rows)
-        return flat.view_as(embeds)
+        embeds.view(-1, embeds.shape[-1]).index_put_((routes.recv_positions.to(embeds.device),), rows)
+        return embeds
 
     def build_text_sequence(
         self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -336,18 +334,24 @@ class VILAModel(nn.Module):
         media: list[list[torch.Tensor]] | None = None,
         position_ids: torch.Tensor | None = None,
         media_frames: list[list[int]] | None = None,
+        frames: torch.Tensor | None = None,
         **_,
     ) -> LossOutput:
+        """``media``: per sample, each medium's (T, 3, H, W) pixels; or, from a loader that decoded only this
+        rank's share, ``media_frames`` (every medium's frame count) and ``frames`` (this rank's pixels)."""
         if self._is_text_only(input_ids, attention_mask, media):
             seq = self.build_text_sequence(input_ids, labels, attention_mask, position_ids)
         elif self.mmsp_impl == "gather":
+            if media is None:  # every rank loaded every frame (see longvila/stages/common.py)
+                media = [list(frames.split(counts)) for counts, frames in
+                         zip(media_frames, frames.split([sum(c) for c in media_frames]))]
             seq = self.build_sequence(input_ids, labels, attention_mask, media, position_ids)
         else:
             seq = self.build_layout(input_ids, labels, attention_mask, media, position_ids, media_frames)
         seq = replace(seq, labels=shift_labels(seq.labels, seq.position_ids))
         seq = self.sequence_sharder(seq)
         if seq.inputs_embeds is None:
-            seq = replace(seq, inputs_embeds=self.embed_positions(seq, media, media_frames), token_ids=None,
+            seq = replace(seq, inputs_embeds=self.embed_positions(seq, media, frames), token_ids=None,
                           feature_rows=None, media_routes=None)
         hidden = self.run_backbone(seq.inputs_embeds, seq.position_ids, seq.segment_ids)
         loss_sum, num_tokens = self.loss_fn(hidden, self.llm.get_output_embeddings().weight, seq.labels)

@@ -4,6 +4,9 @@ A measured run is described by the settings ``benchmarks/long_context_memory.py`
 depth, LoRA, SP degree, tokens, system) or by a stage run's own ``metrics.jsonl`` and the flags it ran with. The
 probes are fp32 CPU runs of one stage-4 step, so they are predicted with ``--device cpu`` (the resident-set peak,
 runtime included) and the probes' vision tower depth.
+
+``benchmarks/long_video_memory.py`` rows (stage 5 on videos, old and new MM-SP) are predicted the same way by
+``predict_video_row`` / ``compare_video_rows``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,16 @@ BENCHMARK_SYSTEMS = {
 ``system_flags``); ALST's rows are not our trainer."""
 PROBE_VISION_LAYERS = 2
 """``build_real_shape_checkpoint``'s default tower depth (stage 4 never runs the tower; its weights still count)."""
+VIDEO_SYSTEMS = {
+    "old": {"mmsp": "gather", "vision_chunk_frames": 0},
+    "new": {"mmsp": "route", "vision_chunk_frames": 8},
+}
+"""The long-video memory benchmark's systems that the device model predicts, as training choices (its flags are
+``benchmarks/long_video_memory.py``'s ``SYSTEMS``; both run with ``--dataloader_num_workers 0``, decoding inline).
+``new_ahead`` (the defaults: two loader threads decoding the next batches while the step runs) is not one: its
+prefetched pixels and the decoders' buffers are host memory that a GPU's peak never holds, so the planner does
+not count them; on a CPU they share the step's resident set, and its rows measure what loading ahead costs."""
+VIDEO_STAGE = "s5_long_video_sft"
 LIVE_PROBE = {"llm": "qwen2-0.5b", "llm_layers": 1, "vision_layers": 1}
 """The live check's probe: Qwen2-0.5B layer shapes with the real 151,936-token vocabulary, one decoder layer."""
 LIVE_TOKENS = 1024
@@ -85,6 +98,49 @@ def compare_benchmark_rows(rows: list[dict]) -> list[Comparison]:
         predicted = predict_cpu_run(shapes[key], row["tokens"], sp, lora=lora, **BENCHMARK_SYSTEMS[row["system"]])
         label = f"{llm} {layers}L{' LoRA' if lora else ''}, {row['system']}"
         out.append(Comparison(label, row["tokens"], sp, row.get("step_peak_gb") or row["peak_gb"], predicted))
+    return out
+
+
+def video_probe_shape(probe: str = "qwen2-0.5b-1L-siglip-1L") -> ModelShape:
+    """The shape of a long-video benchmark probe from its name (``<llm>-<N>L-siglip-<M>L``), trained as stage 5
+    trains it (tower, projector and LLM). The default probe: Qwen2-0.5B shapes with one decoder layer and the real
+    vocabulary, SigLIP-so400m shapes with one layer (at select layer -2 the tower runs its patch embedding only),
+    ``mlp_downsample``."""
+    from longvila.cli import stage_spec
+
+    llm, layers, _, vision_layers = probe.rsplit("-", 3)
+    if not (layers.endswith("L") and vision_layers.endswith("L")):
+        raise ValueError(f"not a long-video probe name: {probe!r}")
+    return resolve_model_shape(llm, trains=stage_spec(VIDEO_STAGE).trains, num_layers=int(layers[:-1]),
+                               vision_layers=int(vision_layers[:-1]))
+
+
+def predict_video_row(shape: ModelShape, row: dict) -> MemoryBreakdown:
+    """Peak resident memory of one rank of a long-video benchmark row: fp32 on CPU (the host's memory is the device,
+    runtime included, as ``predict_cpu_run``), stage 5, one sample of ``row["frames"]`` frames and ``row["tokens"]``
+    positions per device batch, SP ``row["sp"]`` of which ring ``row["ring"]``, ZeRO-2, gradient checkpointing, the
+    row's system's MM-SP path and tower chunk."""
+    sp, ring = row.get("sp") or 1, row.get("ring") or 1
+    choices = TrainingChoices(stage=VIDEO_STAGE, bf16=False, **VIDEO_SYSTEMS[row["system"]])
+    return predict_memory(shape, Layout(sp, sp, sp, ring), Workload(row["tokens"], row["frames"]), choices,
+                          cpu_device())
+
+
+def compare_video_rows(rows: list[dict]) -> list[Comparison]:
+    """One comparison per ``old`` / ``new`` row of a long-video memory benchmark result file, against the row's
+    ``step_peak_gb`` (the last step's resident-set peak, max over ranks, in GiB). ``new_ahead`` rows are left out
+    (``VIDEO_SYSTEMS``: their loader threads' prefetched batches are host memory the device model does not count)."""
+    shapes: dict[str, ModelShape] = {}
+    out = []
+    for row in rows:
+        if row["system"] not in VIDEO_SYSTEMS:
+            continue
+        probe = row.get("probe") or "qwen2-0.5b-1L-siglip-1L"
+        if probe not in shapes:
+            shapes[probe] = video_probe_shape(probe)
+        label = f"{probe}, {row['system']}, {row['frames']} frames"
+        out.append(Comparison(label, row["tokens"], row.get("sp") or 1, row["step_peak_gb"],
+                              predict_video_row(shapes[probe], row)))
     return out
 
 

@@ -1,14 +1,18 @@
 """Peak memory of one rank in one training step, term by term.
 
-The peak is the larger of two phases of a step; it is never the sum of everything:
+The peak is the largest of three phases of a step (two without video); it is never the sum of everything:
 
-- **backward**: what persists (weights, optimizer state, DeepSpeed's gradient bucket, the runtime) plus the larger
-  of the checkpointed activations and the gradients (the backward frees one layer's checkpoint as it produces that
-  layer's gradients, so the two trade places; the trainable embedding's gradient arrives last, after every layer's
-  transient is gone) plus the larger of the loss's buffers and, after the loss, the LM head's gradient with one
-  layer's recompute-and-backward transient and its communication buffers, plus the vision tower's activations and
-  the video's pixels and features (made in the forward, held until their gradients have gone back: the whole
-  backward).
+- **backward** (the LLM's layers): what persists (weights, optimizer state, DeepSpeed's gradient bucket, the runtime)
+  plus the larger of the checkpointed activations and the gradients (the backward frees one layer's checkpoint as it
+  produces that layer's gradients, so the two trade places; the trainable embedding's gradient arrives last, after
+  every layer's transient is gone) plus the larger of the loss's buffers and, after the loss, the LM head's gradient
+  with one layer's recompute-and-backward transient and its communication buffers, plus what video keeps from the
+  forward until the tower's backward: the pixels and (unchunked tower) its per-layer checkpoints and the
+  projector's saved tensors.
+- **vision backward**: after the LLM's layers (their checkpoints and transient are gone; the LM head's and the
+  layers' gradients are still there) the features' gradients come back through MM-SP beside what the tower kept,
+  then the tower runs its backward, consuming it: one chunk's recompute and backward, or (unchunked) each step
+  over all the rank's frames.
 - **optimizer step**: what persists plus the fp32 gradient partition the step reads and Adam's temporaries.
 
 Offload (``zero2_offload`` / ``zero3_offload``, ``--gradient_checkpointing offload``) moves terms to host memory:
@@ -26,28 +30,45 @@ element counts per width (``LAYER_TRANSIENT``) and the naive loss's bytes per lo
 long-context memory benchmark's rows (``benchmarks/results/cpu-*-long-context-memory*.json``) are reproduced within
 10% by ``benchmarks/plan_accuracy.py``, which ``tests/plan/test_accuracy.py`` checks.
 
-Video is counted term by term; N frames per sample, B samples, S tokens. ``--mmsp_impl`` picks how features reach
-their positions and ``--vision_chunk_frames`` how the tower runs; the two are independent (the trainer chunks the
-tower on either path), and the old MM-SP is ``--mmsp_impl gather --vision_chunk_frames 0``.
+Video is counted term by term, from the code (``longvila/model/vlm.py``, ``longvila/distributed/mmsp.py``,
+``media_routing.py``, ``longvila/engine/trainer.py``); N frames per sample, B samples, S tokens, s = S / SP on a rank.
+``--mmsp_impl`` picks how features reach their positions and ``--vision_chunk_frames`` how the tower runs; the two
+are independent (the trainer chunks the tower on either path), and the old MM-SP is ``--mmsp_impl gather
+--vision_chunk_frames 0``. The tower runs only the layers before ``mm_vision_select_layer`` (VILA's -2: 26 of
+SigLIP-so400m's 27; none of a one-layer probe's, ``ModelShape.vision_layers_run``).
 
-- **pixels** (``video_pixels_gib``), held until the tower's backward: ``route`` moves only the rank's
-  ceil(N*B / SP) frames, cast to the training dtype as they move (a blocking ``.to(device, dtype)`` converts on the
-  host, so no fp32 copy reaches the device); ``gather`` moves every frame of the batch in the processor's fp32 on
-  every rank before the encoder takes its slice (which also keeps them: a saved chunk input or, in fp32, the slice
-  is a view of them) and, in bf16, casts the rank's frames.
-- **vision tower** (``vision_tower_gib``): with a chunk the rank's frames go through ``--vision_chunk_frames`` at a
-  time, each chunk keeping only its input (a slice of the pixels, counted there) and recomputed whole in the
-  backward, without per-layer checkpoints inside: one chunk's activations, every tower layer's saved tensors
-  (``VISION_LAYER_SAVED``) plus one layer's backward (``VISION_TRANSIENT``), whatever N. Without a chunk it keeps one
-  per-layer checkpoint per tower layer for every frame of the rank (``--gradient_checkpointing false``: every
-  layer's tensors), plus one layer's transient. A frozen tower runs without a graph: one chunk's (no chunk: all the
-  rank's frames') forward at a time. The projector's activations inside a chunk (under 1% of the tower's) are not
-  counted.
-- **features** (``video_features_gib``), each with its gradient: the projector's output for the rank's frames (what
-  it sends), and ``route``: the rows it receives from the all-to-all-v (about S_media / SP, S_media = N*B x tokens
-  per frame); ``gather``: every frame's gathered features and the whole embedded sequence (S x H), both replicated
-  on every SP rank. The rank's embedded shard (S / SP x H, text embedded after sharding) is layer 0's input,
-  already counted with the checkpointed activations. At SP 1 nothing is sent and the two paths are the same.
+- **pixels** (``video_pixels_gib``), held until the tower's backward, two copies in the training dtype: the batch's
+  decoded frames (the trainer's ``move_to_device`` moves and casts the whole batch, media included) and the
+  encoder's input, a ``torch.cat`` of them that the tower keeps (the patch embedding's saved input, or each chunk's
+  checkpointed input, is a view of it). ``gather``: every frame of the batch, twice, on every rank (plus the rank's
+  frames again when dummy frames pad its share); ``route``: only the rank's ceil(N*B / SP) frames, twice. On a CPU
+  the batch is in the same resident set as the step, so the same two copies count there.
+- **vision tower, held** (``vision_tower_gib``): chunked (``--vision_chunk_frames``), nothing beyond each chunk's
+  input (in the pixels): the chunk's output goes into a ``cat`` that saves nothing. Unchunked, every frame of the
+  rank keeps one per-layer checkpoint per layer run (``--gradient_checkpointing false``: every layer's saved
+  tensors, ``VISION_LAYER_SAVED``) and the projector's saved tensors (``projector_saved_elements``: for
+  ``mlp_downsample`` the LayerNorm's input and output at 4 x the tower width and the GELU's input and output, about
+  8.6 MB per frame in fp32), all through the LLM's backward. A tower and projector without gradients keep nothing.
+- **vision tower, transient** (``vision_transient_gib``, the vision-backward phase): chunked, one chunk's recompute
+  (every layer run keeps its ``VISION_LAYER_SAVED``) and the largest step of its backward: the projector's (its
+  saved tensors and its widest gradient), one layer's ``VISION_TRANSIENT``, or the patch embedding's (the gradient
+  and a contiguous copy), whatever N; unchunked, the same largest step over every frame of the rank, beside the
+  per-layer checkpoints (the projector's saved tensors are consumed by its own backward, so they are not counted
+  twice). The rank's own features' gradient is there too. A tower without a graph runs its forward one chunk
+  (unchunked: all the rank's frames) at a time, in the forward, before any LLM activation exists.
+- **features** (``video_features_gib``): nothing saves them for the backward (the all-gather, the all-to-all-v, the
+  sequence's ``cat`` and ``index_select`` and the embedding's ``index_put`` keep only sizes and indices), so they
+  do not add to the LLM's backward. Their gradients come back after it, before the tower's backward: ``route``: the
+  rank's embedded shard (s x H, waiting for the embedding's backward), the rows it received and the rank's own
+  frames' rows after the all-to-all-v sends them back; ``gather``: the whole sequence's gradient (S x H, from
+  ``index_select``'s backward), every frame's gathered features' gradient and the rank's own after the
+  reduce-scatter, replicated on every SP rank. The forward builds the same tensors once, before the LLM has any
+  activation, so it is never the larger phase. At SP 1 nothing is sent and the two paths are the same.
+
+The video terms were checked against ``benchmarks/long_video_memory.py`` (fp32 CPU, a one-layer probe:
+``longvila.plan.measured.compare_video_rows``); with one tower layer and select layer -2 that probe runs no tower
+layer, so it checks the pixels, the projector, the features and the phases, not ``VISION_LAYER_SAVED`` or
+``VISION_TRANSIENT``.
 """
 
 from __future__ import annotations
@@ -82,11 +103,11 @@ VISION_LAYER_SAVED = {"hidden": 8, "mlp": 2}
 """SigLIP layer tensors (per patch) that one layer's forward saves for its backward when nothing inside the tower is
 checkpointed, as in a chunk's whole-tower recompute: the two layer norms' inputs and outputs, q, k, v, the
 attention output and the output projection's input (hidden width); fc1's output, which the GELU saves, and the
-GELU's output, which fc2 saves (MLP width). Counted from the layer's code, not yet measured: to be checked against
-the CPU probe ``benchmarks/long_video_memory.py``."""
+GELU's output, which fc2 saves (MLP width). Counted from the layer's code, not yet measured: the CPU probe of
+``benchmarks/long_video_memory.py`` (one tower layer, select layer -2) runs no tower layer."""
 PIXEL_CHANNELS = 3
-PROCESSOR_PIXEL_BYTES = 4
-"""The image processor hands over fp32 pixels; the ``gather`` path moves them to the device as they are."""
+PIXEL_COPIES = 2
+"""The batch's decoded frames and the encoder's ``torch.cat`` of them, both in the training dtype."""
 
 
 @dataclass(frozen=True)
@@ -102,14 +123,18 @@ class MemoryBreakdown:
     loss_gib: float
     communication_gib: float
     vision_tower_gib: float
-    """The tower's activations for this rank's frames: one chunk's whole-tower recompute, or (unchunked) per-layer
-    checkpoints of every frame of the rank; plus one layer's backward."""
+    """What the tower and projector keep for this rank's frames through the LLM's backward: nothing when chunked;
+    unchunked, per-layer checkpoints and the projector's saved tensors of every frame of the rank."""
     video_pixels_gib: float
-    """Frames' pixels on the device (``route``: the rank's, in the training dtype; ``gather``: every frame in fp32
-    and, in bf16, the rank's cast copy), held through the backward."""
+    """Frames' pixels on the device, twice (the batch and the encoder's input; ``route``: the rank's frames;
+    ``gather``: every frame), in the training dtype, held until the tower's backward."""
     video_features_gib: float
-    """Projected frame features this rank sends and receives (``gather``: the gathered features and the whole
-    embedded sequence), with their gradients."""
+    """Gradients of the features coming back through MM-SP after the LLM's layers (``gather``: the whole
+    sequence's and every frame's, on every rank; ``route``: the rank's shard and the rows it sent and received)."""
+    vision_transient_gib: float
+    """The tower's backward at its largest: one chunk's recompute and backward (unchunked: the largest backward step
+    over all the rank's frames, beside the checkpoints it has not consumed yet), with the rank's features'
+    gradient; without a graph, its forward's transient."""
     runtime_gib: float
     host_offload_gib: float
     gradient_bucket_gib: float
@@ -125,10 +150,19 @@ class MemoryBreakdown:
 
     @property
     def backward_gib(self) -> float:
-        return (self.persistent_gib + self.video_pixels_gib + self.video_features_gib
+        """The LLM's backward, with what video keeps from the forward."""
+        return (self.persistent_gib + self.video_pixels_gib + self.vision_tower_gib
                 + max(self.checkpointed_activations_gib, self.layer_gradients_gib)
-                + max(self.loss_gib, self.head_gradient_gib + self.layer_transient_gib + self.communication_gib)
-                + self.vision_tower_gib)
+                + max(self.loss_gib, self.head_gradient_gib + self.layer_transient_gib + self.communication_gib))
+
+    @property
+    def vision_backward_gib(self) -> float:
+        """After the LLM's layers: the features' gradients coming back (beside what the tower keeps), then the
+        tower's backward, which consumes what it kept (0 for text)."""
+        if not (self.video_features_gib or self.vision_transient_gib):
+            return 0.0
+        return (self.persistent_gib + self.video_pixels_gib + self.layer_gradients_gib + self.head_gradient_gib
+                + max(self.vision_tower_gib + self.video_features_gib, self.vision_transient_gib))
 
     @property
     def step_gib(self) -> float:
@@ -136,15 +170,17 @@ class MemoryBreakdown:
 
     @property
     def peak_gib(self) -> float:
-        return max(self.backward_gib, self.step_gib)
+        return max(self.backward_gib, self.vision_backward_gib, self.step_gib)
 
     @property
     def peak_phase(self) -> str:
-        return "backward" if self.backward_gib >= self.step_gib else "optimizer step"
+        phases = {"backward": self.backward_gib, "vision backward": self.vision_backward_gib,
+                  "optimizer step": self.step_gib}
+        return max(phases, key=phases.get)  # ties go to the first: the backward
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "backward_gib": self.backward_gib, "step_gib": self.step_gib,
-                "peak_gib": self.peak_gib, "peak_phase": self.peak_phase}
+        return {**asdict(self), "backward_gib": self.backward_gib, "vision_backward_gib": self.vision_backward_gib,
+                "step_gib": self.step_gib, "peak_gib": self.peak_gib, "peak_phase": self.peak_phase}
 
 
 def predict_memory(shape: ModelShape, layout: Layout, workload: Workload, choices: TrainingChoices,
@@ -196,6 +232,7 @@ def predict_memory(shape: ModelShape, layout: Layout, workload: Workload, choice
         vision_tower_gib=_vision_tower(shape, layout, workload, choices, act) / GiB,
         video_pixels_gib=_video_pixels(shape, layout, workload, choices, act) / GiB,
         video_features_gib=_video_features(shape, layout, workload, choices, act) / GiB,
+        vision_transient_gib=_vision_transient(shape, layout, workload, choices, act) / GiB,
         runtime_gib=device.runtime_gib, host_offload_gib=host / GiB,
         gradient_bucket_gib=bucket / GiB, layer_gradients_gib=layer_gradients / GiB,
         head_gradient_gib=(shape.lm_head_elements * act if shape.head_trainable else 0) / GiB,
@@ -242,57 +279,115 @@ def _rank_frames(layout: Layout, workload: Workload, choices: TrainingChoices) -
 
 def _video_pixels(shape: ModelShape, layout: Layout, workload: Workload, choices: TrainingChoices,
                   act: int) -> float:
-    """``route``: the rank's own frames in the training dtype; ``gather``: every frame of the batch in fp32, and in
-    bf16 the rank's frames cast for the tower."""
+    """Two copies in the training dtype (the batch and the encoder's ``cat``): ``route`` of the rank's frames;
+    ``gather`` of every frame of the batch, plus the rank's share again when dummy frames pad it."""
     if not workload.frames:
         return 0.0
     own = _rank_frames(layout, workload, choices)
-    per_frame = PIXEL_CHANNELS * shape.vision_image_size ** 2
+    per_frame = PIXEL_CHANNELS * shape.vision_image_size ** 2 * act
     if choices.mmsp == "route":
-        return own * per_frame * act
-    moved = workload.frames * choices.micro_batch * per_frame * PROCESSOR_PIXEL_BYTES
-    return moved + (own * per_frame * act if choices.bf16 else 0)
+        return PIXEL_COPIES * own * per_frame
+    every = workload.frames * choices.micro_batch
+    padded = own if layout.sp > 1 and every % layout.sp else 0  # encode_frames_sharded cats the dummies on
+    return (PIXEL_COPIES * every + padded) * per_frame
+
+
+def projector_saved_elements(shape: ModelShape) -> int:
+    """Elements per frame the projector's forward saves for its backward (``longvila/model/projector.py``): the
+    inputs of its norms, linears and GELUs, and the norms' outputs that the next linear reads."""
+    c, h = shape.vision_hidden_size, shape.hidden_size
+    tokens, patches, kind = shape.tokens_per_frame, shape.vision_patches, shape.projector_type
+    if kind in ("mlp_downsample", "mlp_downsample_2x2_fix"):  # LayerNorm(4C) in/out, GELU in/out (width H)
+        return tokens * (2 * 4 * c + 2 * h)
+    if kind == "mlp_downsample_3x3_fix":  # LayerNorm(9C) in/out, GELU in (3C), LayerNorm(3C) in/out, GELU in/out
+        return tokens * (2 * 9 * c + 3 * 3 * c + 2 * h)
+    if kind == "linear":
+        return patches * c
+    depth = int(kind[len("mlp"):-len("x_gelu")])  # mlp{N}x_gelu: the first linear's input, then GELU in/out
+    return patches * (c + 2 * (depth - 1) * h)
+
+
+def projector_widest_elements(shape: ModelShape) -> int:
+    """Elements per frame of the projector's widest activation (its widest gradient in the backward): the merged
+    tokens of a downsample projector, the tower's output otherwise."""
+    factor = {"mlp_downsample": 2, "mlp_downsample_2x2_fix": 2, "mlp_downsample_3x3_fix": 3}.get(shape.projector_type)
+    if factor:
+        return shape.tokens_per_frame * factor ** 2 * shape.vision_hidden_size
+    return shape.vision_patches * shape.vision_hidden_size
+
+
+def _tower_widths(shape: ModelShape, act: int) -> tuple[float, float]:
+    """Bytes per patch of one tower layer: (saved by its forward, alive in its recompute and backward)."""
+    v, c = VISION_LAYER_SAVED, VISION_TRANSIENT
+    saved = (v["hidden"] * shape.vision_hidden_size + v["mlp"] * shape.vision_intermediate_size) * act
+    transient = (c["hidden"] * shape.vision_hidden_size + c["mlp"] * shape.vision_intermediate_size) * act
+    return saved, transient
+
+
+def _vision_grads(choices: TrainingChoices) -> bool:
+    """Whether the frames' encoding has a graph: the tower or the projector trains."""
+    return bool({"vision_tower", "mm_projector"} & choices.trains)
 
 
 def _vision_tower(shape: ModelShape, layout: Layout, workload: Workload, choices: TrainingChoices,
                   act: int) -> float:
-    """SigLIP on this rank's share of the frames: one chunk's whole-tower recompute, or (``--vision_chunk_frames
-    0``) per-layer checkpoints of all the rank's frames."""
+    """Kept through the LLM's backward: nothing when chunked (each chunk keeps only its input, in the pixels) or
+    without a graph; unchunked, every frame of the rank's per-layer checkpoints (every layer's saved tensors
+    without checkpointing) and the projector's saved tensors."""
+    if not workload.frames or choices.vision_chunk_frames or not _vision_grads(choices):
+        return 0.0
+    frames = _rank_frames(layout, workload, choices)
+    layers = shape.vision_layers_run if "vision_tower" in choices.trains else 0
+    saved, _ = _tower_widths(shape, act)
+    per_layer = shape.vision_hidden_size * act if choices.checkpointing != "false" else saved
+    return frames * (shape.vision_patches * layers * per_layer + projector_saved_elements(shape) * act)
+
+
+def _vision_transient(shape: ModelShape, layout: Layout, workload: Workload, choices: TrainingChoices,
+                      act: int) -> float:
+    """The tower's backward after the LLM's at its largest, with the rank's features' gradient. Per frame: chunked,
+    one chunk's recompute (every layer's saved tensors) and then the largest step of its backward: the projector's
+    (its saved tensors and its widest gradient), one layer's recompute and backward, or the patch embedding's (the
+    gradient and its contiguous copy); unchunked, the same steps over every frame of the rank beside the per-layer
+    checkpoints not yet consumed (the projector's saved tensors are freed as its backward goes, so they are not
+    counted twice). A frozen tower under a training projector runs its forward without a graph (in a chunk's
+    recompute too). Without any graph: one chunk's (all the rank's frames') forward, in the forward."""
     if not workload.frames:
         return 0.0
     frames = _rank_frames(layout, workload, choices)
     chunk = choices.vision_chunk_frames
-    c = VISION_TRANSIENT
-    layer_transient = (c["hidden"] * shape.vision_hidden_size + c["mlp"] * shape.vision_intermediate_size) * act
-    trains = "vision_tower" in choices.trains
+    at_once = min(chunk, frames) if chunk else frames
+    saved, transient = _tower_widths(shape, act)
+    patches, layers, width = shape.vision_patches, shape.vision_layers_run, shape.vision_hidden_size
+    projector = (projector_saved_elements(shape) + projector_widest_elements(shape)) * act
+    tower_forward = patches * transient / 2 if layers else 0  # a layer's forward without a graph, per frame
+    if not _vision_grads(choices):
+        return at_once * tower_forward
+    own_gradient = frames * shape.tokens_per_frame * shape.hidden_size * act
+    if "vision_tower" not in choices.trains:  # only the projector has a graph
+        return own_gradient + at_once * (max(tower_forward, projector) if chunk else projector)
+    step = max(projector, patches * transient if layers else 0, 2 * patches * width * act)
     if chunk:
-        patches = min(chunk, frames) * shape.vision_patches
-        if not trains:
-            return patches * layer_transient / 2  # no graph: one chunk's forward at a time, nothing kept
-        v = VISION_LAYER_SAVED
-        saved = (v["hidden"] * shape.vision_hidden_size + v["mlp"] * shape.vision_intermediate_size) * act
-        return patches * (shape.vision_layers * saved + layer_transient)  # the chunk's input is in the pixels
-    patches = frames * shape.vision_patches
-    transient = patches * layer_transient
-    if not trains:
-        return transient / 2  # forward only: no backward tensors, nothing kept
-    kept = patches * shape.vision_hidden_size * act * shape.vision_layers if choices.checkpointing != "false" \
-        else transient * shape.vision_layers
-    return kept + transient
+        return own_gradient + at_once * (patches * layers * saved + step)
+    checkpoints = width * act if choices.checkpointing != "false" else saved
+    return own_gradient + frames * (patches * layers * checkpoints + step)
 
 
 def _video_features(shape: ModelShape, layout: Layout, workload: Workload, choices: TrainingChoices,
                     act: int) -> float:
-    """Rows of LLM width, each with its gradient: the projector's output for the rank's frames, then ``route``: the
-    rows the all-to-all-v delivers (the media positions of the rank's shard); ``gather``: every frame's features and
-    the whole embedded sequence, on every rank. At SP 1 nothing moves and there is no other copy of the sequence."""
-    if not workload.frames:
+    """Gradients that come back through MM-SP after the LLM's layers, in rows of LLM width: ``route``, the rank's
+    shard (for the embedding), the rows it received and its own frames' rows; ``gather``, the whole sequence, every
+    frame's gathered features and the rank's own, on every rank. At SP 1 nothing moves: the rank's sequence and
+    its frames' rows. Without a graph in the tower or the projector, none."""
+    if not workload.frames or not _vision_grads(choices):  # features without a graph get no gradient
         return 0.0
     media = workload.frames * choices.micro_batch * shape.tokens_per_frame
     own = _rank_frames(layout, workload, choices) * shape.tokens_per_frame
-    moved = sequence = 0
-    if layout.sp > 1 and choices.mmsp == "route":
-        moved = -(-media // layout.sp)
-    elif layout.sp > 1:
-        moved, sequence = media, workload.tokens * choices.micro_batch
-    return 2 * (own + moved + sequence) * shape.hidden_size * act
+    sequence = workload.tokens * choices.micro_batch
+    if layout.sp == 1:
+        rows = sequence + own
+    elif choices.mmsp == "route":
+        rows = -(-sequence // layout.sp) + -(-media // layout.sp) + own
+    else:
+        rows = sequence + media + own
+    return rows * shape.hidden_size * act

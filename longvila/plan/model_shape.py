@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from longvila.model.real_shapes import LLM_SHAPES, RELEASED_LAYERS, VISION_SHAPES, llm_config, vision_config
+from longvila.model.vlm import DEFAULT_VILA_CONFIG
 from longvila.plan.layout import kv_replication
 
 
@@ -54,6 +55,17 @@ class ModelShape:
     trainable_llm_fraction: float
     """Share of the LLM's decoder-layer weights that get weight gradients (1 for full fine-tuning, ~0 for LoRA)."""
     source: str
+    vision_select_layer: int = DEFAULT_VILA_CONFIG["mm_vision_select_layer"]
+    """``mm_vision_select_layer``: the hidden state the projector reads (VILA's -2: the tower's last layer never
+    runs, ``longvila.model.vlm.vision_features``)."""
+    projector_type: str = "mlp_downsample"
+
+    @property
+    def vision_layers_run(self) -> int:
+        """Tower layers a frame goes through: those before the selected hidden state (26 of SigLIP-so400m's 27 at
+        -2; none of a one-layer probe's, whose selected state is the patch embeddings' output)."""
+        states = self.vision_layers + 1  # the embeddings' output, then one per layer
+        return self.vision_select_layer + states if self.vision_select_layer < 0 else self.vision_select_layer
 
     @property
     def total_params(self) -> int:
@@ -77,8 +89,12 @@ class ModelShape:
         return self.hidden_size * (q + 2 * kv) + q * self.hidden_size + 3 * self.hidden_size * self.intermediate_size
 
 
+SELECT_LAYER = DEFAULT_VILA_CONFIG["mm_vision_select_layer"]
+"""The hidden state VILA's projector reads unless a folder's ``config.json`` says otherwise."""
+
+
 def _folder_configs(path: Path, vision_tower: str | None):
-    """(llm config, vision config, projector type, label) read from a VILA or HF LLM folder."""
+    """(llm config, vision config, projector type, label, select layer) read from a VILA or HF LLM folder."""
     from transformers import AutoConfig, SiglipVisionConfig
 
     from longvila.model.folders import folder_kind
@@ -89,9 +105,11 @@ def _folder_configs(path: Path, vision_tower: str | None):
         llm = AutoConfig.from_pretrained(path / "llm")
         vision = SiglipVisionConfig.from_pretrained(path / "vision_tower")
         projector = json.loads((path / "mm_projector" / "config.json").read_text()).get("mm_projector_type")
-        return llm, vision, projector or top.get("mm_projector", "mlp_downsample"), f"VILA folder {path}"
+        select = top.get("mm_vision_select_layer", SELECT_LAYER)
+        return llm, vision, projector or top.get("mm_projector", "mlp_downsample"), f"VILA folder {path}", select
     if kind == "llm":
-        return AutoConfig.from_pretrained(path), _vision(vision_tower), "mlp_downsample", f"HF LLM folder {path}"
+        return (AutoConfig.from_pretrained(path), _vision(vision_tower), "mlp_downsample", f"HF LLM folder {path}",
+                SELECT_LAYER)
     raise ValueError(f"--model {path}: not a VILA-layout folder or an HF LLM folder (found {kind})")
 
 
@@ -110,17 +128,16 @@ def _vision(name_or_path: str | None, num_layers: int | None = None):
 def _configs(model: str, vision_tower: str | None, num_layers: int | None, vision_layers: int | None):
     if model in LLM_SHAPES:
         return (llm_config(model, num_layers or RELEASED_LAYERS[model]), _vision(vision_tower, vision_layers),
-                "mlp_downsample",
-                f"{model} (released shapes)")
+                "mlp_downsample", f"{model} (released shapes)", SELECT_LAYER)
     path = Path(model)
     if not path.is_dir():
         raise ValueError(f"--model {model}: no such folder, and not a known shape ({', '.join(LLM_SHAPES)})")
-    llm, vision, projector, label = _folder_configs(path, vision_tower)
+    llm, vision, projector, label, select = _folder_configs(path, vision_tower)
     if num_layers:
         llm.num_hidden_layers = num_layers
     if vision_layers:
         vision.num_hidden_layers = vision_layers
-    return llm, vision, projector, label
+    return llm, vision, projector, label, select
 
 
 def resolve_model_shape(model: str, vision_tower: str | None = None, trains: frozenset = frozenset({"llm"}),
@@ -136,7 +153,8 @@ def resolve_model_shape(model: str, vision_tower: str | None = None, trains: fro
     from longvila.model.projector import MultimodalProjector, MultimodalProjectorConfig, tokens_per_frame
     from longvila.model.vlm import MediaTokenIds, VILAModel
 
-    llm_cfg, vision_cfg, projector_type, label = _configs(model, vision_tower, num_layers, vision_layers)
+    llm_cfg, vision_cfg, projector_type, label, select_layer = _configs(model, vision_tower, num_layers,
+                                                                        vision_layers)
     with torch.device("meta"):
         llm = AutoModelForCausalLM.from_config(llm_cfg)
         tower = SiglipVisionModel(vision_cfg)
@@ -169,5 +187,5 @@ def resolve_model_shape(model: str, vision_tower: str | None = None, trains: fro
         embedding_trainable=vlm.llm.get_input_embeddings().weight.requires_grad,
         head_trainable=vlm.llm.get_output_embeddings().weight.requires_grad,
         trainable_llm_fraction=trained_layer / max(1, sum(p.numel() for p in layer_weights)),
-        source=label,
+        source=label, vision_select_layer=select_layer, projector_type=projector_type,
     )

@@ -14,9 +14,10 @@ MEMORY_ROWS = (
     ("one layer's recompute + backward", "layer_transient_gib"),
     ("communication buffers", "communication_gib"),
     ("loss (LM-head grad + logit chunks)", "loss_gib"),
-    ("vision tower", "vision_tower_gib"),
+    ("vision tower (kept through the backward)", "vision_tower_gib"),
     ("video pixels", "video_pixels_gib"),
-    ("video features and their gradients", "video_features_gib"),
+    ("video features' gradients", "video_features_gib"),
+    ("vision tower backward (its recompute)", "vision_transient_gib"),
     ("optimizer step transient", "optimizer_step_gib"),
     ("runtime (interpreter, libraries)", "runtime_gib"),
 )
@@ -101,8 +102,9 @@ def _breakdown(candidate: Candidate, unit: str) -> list[str]:
     memory, time = candidate.memory.as_dict(), candidate.time.as_dict()
     lines = ["", f"memory per {unit} (GiB)"]
     lines += [f"  {label:<38}{memory[key]:>8.2f}" for label, key in MEMORY_ROWS if memory[key] > 0.005]
+    vision = f", vision backward {memory['vision_backward_gib']:.2f}" if memory["vision_backward_gib"] else ""
     lines.append(f"  peak ({memory['peak_phase']}){'':<{30 - len(memory['peak_phase'])}}{memory['peak_gib']:>8.2f}"
-                 f"   (backward {memory['backward_gib']:.2f}, optimizer step {memory['step_gib']:.2f})")
+                 f"   (backward {memory['backward_gib']:.2f}{vision}, optimizer step {memory['step_gib']:.2f})")
     if memory["host_offload_gib"] > 0:
         lines.append(f"  host memory for offloaded state         {memory['host_offload_gib']:>8.2f} per {unit}")
     lines += ["", "step time (s)"]

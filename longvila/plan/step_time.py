@@ -129,4 +129,5 @@ def _vision_flops(shape: ModelShape, layout: Layout, workload: Workload, choices
     if choices.vision_chunk_frames:
         recompute = 1  # the chunk's whole tower runs again in the backward
     passes = (1 + recompute + 2) if trains else 1
-    return frames * patches * per_patch_layer * shape.vision_layers * passes
+    # only the layers before the selected hidden state run (26 of SigLIP-so400m's 27 at VILA's -2)
+    return frames * patches * per_patch_layer * shape.vision_layers_run * passes

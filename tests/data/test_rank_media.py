@@ -64,8 +64,8 @@ def test_ranks_decode_disjoint_shares_that_make_the_whole_batch(ramp_video, red_
         out = RankMedia(image_processor, rank, sp)([clips[:2], clips[2:]])
         assert out["media_frames"] == [[7, 1], [5]] and out["media_failed"] == []
         split = split_frames(13, rank, sp)
-        mine = torch.cat([p for row in out["media"] for p in row if p.shape[0]] or [torch.zeros(0, 3, 64, 64)])
-        assert mine.shape[0] == split.num_real  # decoded exactly its share ...
+        mine = out["frames"] if out["frames"].shape[0] else torch.zeros(0, 3, 64, 64)
+        assert out["media"] is None and mine.shape[0] == split.num_real  # decoded exactly its share ...
         decoded.append(len(clips[0].decoded) + len(clips[2].decoded))
         per_rank.append(mine)
     torch.testing.assert_close(torch.cat(per_rank), torch.cat(whole), rtol=0, atol=0)  # ... and nothing else
@@ -96,7 +96,7 @@ def test_collate_with_rank_media_adds_counts_and_decode_time(ramp_video, image_p
               "media": [open_video(path, 4)]}
     batch = collate([sample, sample], pad_token_id=0, rank_media=RankMedia(image_processor, 1, 2))
     assert batch["media_frames"] == [[4], [4]] and batch["decode_seconds"] >= 0
-    assert [m[0].shape[0] for m in batch["media"]] == [0, 4]  # rank 1 of 2 encodes frames 4-7 of the batch
+    assert batch["frames"].shape == (4, 3, 64, 64)  # rank 1 of 2 encodes frames 4-7 of the batch: the 2nd clip
 
 
 def test_image_file_opens_lazily_and_fails_on_a_bad_file(tmp_path, red_png):

@@ -82,16 +82,10 @@ def whole_sequence_shapes(shapes, lengths, hidden):
 
 
 def local_media(batch, split):
-    """What the loader hands a rank that decodes only its frames: each medium's piece, and the frame counts."""
-    pieces, offset = [], 0
-    for sample in batch["media"]:
-        row = []
-        for medium in sample:
-            lo, hi = max(split.start - offset, 0), min(split.stop - offset, medium.shape[0])
-            row.append(medium[lo:max(lo, hi)])
-            offset += medium.shape[0]
-        pieces.append(row)
-    return {**batch, "media": pieces, "media_frames": [[m.shape[0] for m in s] for s in batch["media"]]}
+    """What the loader hands a rank that decodes only its frames: its frames as one tensor, and the frame counts."""
+    every_frame = torch.cat([medium for sample in batch["media"] for medium in sample])
+    return {**batch, "media": None, "frames": every_frame[split.start:split.stop].clone(),
+            "media_frames": [[m.shape[0] for m in s] for s in batch["media"]]}
 
 
 def _load(path, chunk):

@@ -73,63 +73,86 @@ def _video(shape, frames, sp, **choices):
     return predict_memory(shape, Layout(sp, 8, sp, sp), work, TrainingChoices(stage=VIDEO, **choices), H100)
 
 
+def _own_gradient_gib(shape, frames, sp):
+    """The rank's frames' feature rows (bf16): their gradient is part of the tower's backward."""
+    return -(-frames // sp) * shape.tokens_per_frame * shape.hidden_size * 2 / GiB
+
+
 def test_route_has_no_replicated_video_term_and_gather_does(video_shape):
-    """Route: doubling SP halves the pixels and the features (nothing on a rank is a copy of another rank's), and the
-    chunked tower stays one chunk. Gather: every rank keeps the gathered features and the whole embedded sequence
-    (with their gradients) and every frame's fp32 pixels, whatever the SP degree."""
+    """Route: doubling SP halves the pixels and the features' gradients (nothing on a rank is a copy of another
+    rank's), and the chunked tower stays one chunk. Gather: every rank holds the whole sequence's gradient, every
+    frame's gathered features' gradient and every frame's pixels (twice), whatever the SP degree."""
     shape = video_shape
     four, eight = _video(shape, 2048, 4), _video(shape, 2048, 8)
     assert eight.video_pixels_gib == pytest.approx(four.video_pixels_gib / 2)
-    assert eight.video_features_gib == pytest.approx(four.video_features_gib / 2)
-    assert eight.vision_tower_gib == four.vision_tower_gib > 0
+    assert eight.video_features_gib == pytest.approx(four.video_features_gib / 2, rel=1e-3)
+    assert eight.vision_tower_gib == four.vision_tower_gib == 0  # each chunk keeps only its input (the pixels)
+    assert four.vision_transient_gib - eight.vision_transient_gib == pytest.approx(
+        _own_gradient_gib(shape, 2048, 8))  # one chunk's recompute either way; only the rank's own rows halve
     old_four, old_eight = _video(shape, 2048, 4, **OLD_MMSP), _video(shape, 2048, 8, **OLD_MMSP)
     work = Workload.from_frames(2048, shape.tokens_per_frame)
-    replicated = 2 * (2048 * shape.tokens_per_frame + work.tokens) * shape.hidden_size * 2 / GiB
-    assert old_eight.video_features_gib > replicated > 10  # the issue's "10-15 GB per rank"
-    assert old_eight.video_features_gib > 0.85 * old_four.video_features_gib
-    assert old_eight.video_pixels_gib > 0.85 * old_four.video_pixels_gib
-    assert old_eight.video_pixels_gib == pytest.approx(2048 * 3 * 384**2 * 4 / GiB + 256 * 3 * 384**2 * 2 / GiB)
-    assert eight.video_pixels_gib == pytest.approx(256 * 3 * 384**2 * 2 / GiB)  # cast to bf16 on the way
-    # The old path's tower keeps a per-layer checkpoint of every frame of the rank: ~45 MB per frame.
-    assert old_eight.vision_tower_gib > 256 * 27 * 729 * 1152 * 2 / GiB > 1.5 * eight.vision_tower_gib
-    assert old_eight.peak_gib > eight.peak_gib + 20
+    replicated = (work.tokens + 2048 * shape.tokens_per_frame) * shape.hidden_size * 2 / GiB
+    assert old_eight.video_features_gib == pytest.approx(replicated + _own_gradient_gib(shape, 2048, 8))
+    assert old_eight.video_features_gib > 0.85 * old_four.video_features_gib > 4 * eight.video_features_gib
+    assert old_eight.video_pixels_gib == old_four.video_pixels_gib == pytest.approx(2 * 2048 * 3 * 384**2 * 2 / GiB)
+    assert eight.video_pixels_gib == pytest.approx(2 * 256 * 3 * 384**2 * 2 / GiB)  # the batch and the tower's input
+    # The old path's tower keeps a per-layer checkpoint of every frame of the rank (26 layers run at select layer
+    # -2): ~44 MB per frame, and the projector's saved tensors beside it.
+    assert old_eight.vision_tower_gib > 256 * 26 * 729 * 1152 * 2 / GiB > 10
+    assert old_eight.peak_gib > eight.peak_gib + 10
 
 
-def test_video_terms_are_in_the_backward_peak(video_shape):
-    """Pixels and features are made in the forward and held until their gradients have gone back: each adds to
-    the backward phase whole (the optimizer step comes after they are freed)."""
+def test_video_terms_fall_in_their_phases(video_shape):
+    """The pixels (and an unchunked tower's checkpoints) are made in the forward and held until the tower's
+    backward: they add to the LLM's backward and to the vision backward. Nothing saves the features, so they and
+    the tower's recompute add only to the vision backward, after the LLM's layers have freed their activations."""
     from dataclasses import replace
 
     route = _video(video_shape, 2048, 8)
-    assert route.video_pixels_gib > 0 and route.video_features_gib > 0 and route.backward_gib == route.peak_gib
-    assert replace(route, video_pixels_gib=0).backward_gib == pytest.approx(route.backward_gib - route.video_pixels_gib)
-    assert replace(route, video_features_gib=0).backward_gib == pytest.approx(
-        route.backward_gib - route.video_features_gib)
+    assert route.video_pixels_gib > 0 and route.video_features_gib > 0 and route.vision_transient_gib > 0
+    for phase in ("backward_gib", "vision_backward_gib"):
+        assert getattr(replace(route, video_pixels_gib=0), phase) == pytest.approx(
+            getattr(route, phase) - route.video_pixels_gib)
+    assert replace(route, video_features_gib=0, vision_transient_gib=0).backward_gib == route.backward_gib
+    assert route.vision_backward_gib == pytest.approx(
+        route.persistent_gib + route.video_pixels_gib + route.layer_gradients_gib + route.head_gradient_gib
+        + max(route.video_features_gib, route.vision_transient_gib))
     assert replace(route, video_pixels_gib=0, video_features_gib=0).step_gib == route.step_gib
+    old = _video(video_shape, 2048, 8, **OLD_MMSP)
+    assert replace(old, vision_tower_gib=0).backward_gib == pytest.approx(old.backward_gib - old.vision_tower_gib)
+    # Short videos on this two-layer LLM: the chunk's recompute is larger than the LLM's backward.
+    assert _video(video_shape, 256, 8).peak_phase == "vision backward"
     text = predict_memory(video_shape, Layout(8, 8, 8, 8), Workload(65536), TrainingChoices(stage=VIDEO), H100)
     assert text.video_pixels_gib == text.video_features_gib == text.vision_tower_gib == 0
+    assert text.vision_transient_gib == text.vision_backward_gib == 0
+    assert text.peak_gib == max(text.backward_gib, text.step_gib)
 
 
 def test_the_chunked_tower_does_not_grow_with_frames(video_shape):
-    """Route: growing the video adds pixels and features only; the tower holds one chunk (smaller chunks, less).
-    Gather, and route with ``--vision_chunk_frames 0``, keep checkpoints that grow with every frame of the rank."""
+    """Route: growing the video adds pixels and features only; the tower's recompute is one chunk (smaller chunks,
+    less) plus the rank's own rows. Gather, and route with ``--vision_chunk_frames 0``, keep checkpoints that grow
+    with every frame of the rank."""
     short, long = _video(video_shape, 256, 8), _video(video_shape, 4096, 8)
-    assert long.vision_tower_gib == short.vision_tower_gib
+    assert long.vision_tower_gib == short.vision_tower_gib == 0
+    assert long.vision_transient_gib - short.vision_transient_gib == pytest.approx(
+        _own_gradient_gib(video_shape, 4096, 8) - _own_gradient_gib(video_shape, 256, 8))
     assert long.video_pixels_gib == pytest.approx(16 * short.video_pixels_gib)
     growth = long.backward_gib - short.backward_gib
-    video_growth = (long.video_pixels_gib + long.video_features_gib) - (short.video_pixels_gib
-                                                                         + short.video_features_gib)
-    assert video_growth < growth  # the rest is the LLM's activations
-    assert _video(video_shape, 4096, 8, vision_chunk_frames=1).vision_tower_gib < long.vision_tower_gib / 4
+    assert long.video_pixels_gib - short.video_pixels_gib < growth / 4  # the rest is the LLM's activations
+    one = _video(video_shape, 4096, 8, vision_chunk_frames=1)
+    own = _own_gradient_gib(video_shape, 4096, 8)
+    assert one.vision_transient_gib - own < (long.vision_transient_gib - own) / 4
     unchunked = _video(video_shape, 4096, 8, vision_chunk_frames=0)
     old = _video(video_shape, 4096, 8, **OLD_MMSP)
-    assert unchunked.vision_tower_gib == old.vision_tower_gib
+    assert unchunked.vision_tower_gib == old.vision_tower_gib > 0
     assert old.vision_tower_gib == pytest.approx(16 * _video(video_shape, 256, 8, **OLD_MMSP).vision_tower_gib)
     # The trainer chunks the tower on either MM-SP path.
-    assert _video(video_shape, 4096, 8, mmsp="gather").vision_tower_gib == long.vision_tower_gib
+    chunked_gather = _video(video_shape, 4096, 8, mmsp="gather")
+    assert chunked_gather.vision_tower_gib == 0
+    assert chunked_gather.vision_transient_gib == long.vision_transient_gib
     # A chunk larger than the rank's share is the share.
-    assert _video(video_shape, 16, 8, vision_chunk_frames=64).vision_tower_gib == pytest.approx(
-        _video(video_shape, 16, 8, vision_chunk_frames=2).vision_tower_gib)
+    assert _video(video_shape, 16, 8, vision_chunk_frames=64).vision_transient_gib == pytest.approx(
+        _video(video_shape, 16, 8, vision_chunk_frames=2).vision_transient_gib)
 
 
 def test_a_frozen_tower_keeps_nothing():
@@ -137,16 +160,33 @@ def test_a_frozen_tower_keeps_nothing():
     work = Workload.from_frames(2048, shape.tokens_per_frame)
     route = predict_memory(shape, Layout(8, 8, 8, 8), work, TrainingChoices(stage="s4_context_ext"), H100)
     trained = predict_memory(shape, Layout(8, 8, 8, 8), work, TrainingChoices(stage=VIDEO), H100)
-    assert 0 < route.vision_tower_gib < trained.vision_tower_gib / 20
-    assert route.vision_tower_gib == predict_memory(shape, Layout(8, 8, 8, 8), Workload.from_frames(
-        4096, shape.tokens_per_frame), TrainingChoices(stage="s4_context_ext"), H100).vision_tower_gib
+    assert route.vision_tower_gib == 0
+    assert 0 < route.vision_transient_gib < trained.vision_transient_gib / 20
+    assert route.vision_transient_gib == predict_memory(shape, Layout(8, 8, 8, 8), Workload.from_frames(
+        4096, shape.tokens_per_frame), TrainingChoices(stage="s4_context_ext"), H100).vision_transient_gib
 
 
-def test_at_sp_1_the_two_paths_hold_the_same_features(video_shape):
+def test_at_sp_1_the_two_paths_hold_the_same(video_shape):
     route, gather = _video(video_shape, 64, 1), _video(video_shape, 64, 1, mmsp="gather")
     assert route.video_features_gib == gather.video_features_gib > 0
-    # Gather moves the processor's fp32 frames before casting; route casts them on the way.
-    assert gather.video_pixels_gib == pytest.approx(route.video_pixels_gib * (4 + 2) / 2)
+    assert route.video_pixels_gib == gather.video_pixels_gib > 0  # every frame is the rank's
+    assert route.vision_transient_gib == gather.vision_transient_gib > 0
+
+
+def test_the_tower_runs_only_the_layers_before_the_selected_state():
+    """VILA reads hidden state -2: SigLIP-so400m runs 26 of its 27 layers, and a one-layer probe none (its
+    selected state is the patch embeddings' output). The unchunked path then keeps only the projector's saved
+    tensors: for mlp_downsample, LayerNorm(4C) in and out and the GELU's in and out, 196 tokens per frame."""
+    from longvila.plan.memory import projector_saved_elements
+
+    assert resolve_model_shape("qwen2-7b", num_layers=2).vision_layers_run == 26
+    probe = resolve_model_shape("qwen2-0.5b", trains=frozenset({"vision_tower", "mm_projector", "llm"}),
+                                num_layers=1, vision_layers=1)
+    assert probe.vision_layers_run == 0
+    assert projector_saved_elements(probe) == 196 * (2 * 4 * 1152 + 2 * 896)
+    old = predict_memory(probe, Layout(1, 1), Workload.from_frames(64, 196),
+                         TrainingChoices(stage=VIDEO, bf16=False, **OLD_MMSP), H100)
+    assert old.vision_tower_gib == pytest.approx(64 * projector_saved_elements(probe) * 4 / GiB)
 
 
 @pytest.mark.parametrize("bad", [{"mmsp": "scatter"}, {"vision_chunk_frames": -1}])

@@ -3,7 +3,8 @@
 Every layout runs on 4 real gloo ranks under torchrun; the reference is one process on the same global
 batch (SP ranks share a batch, so SP=4 compares with batch 1, SP=2 x DP=2 with batch 2). fp32 on CPU; every metric
 column that is not a timing or memory measurement must agree: counts exactly (supervised tokens, real positions of
-the expanded sequence, skipped samples, epoch), losses to 1e-4 relative at every one of 10 steps.
+the expanded sequence, skipped samples, epoch), losses and grad norms to 1e-5 relative at every one of 10 steps.
+Stage 5's samples each hold an image and a video, and its tower encodes 1-frame chunks recomputed in the backward.
 """
 
 import subprocess
@@ -53,8 +54,10 @@ def test_every_layout_matches_single_process(stage, stage_data, mixed_media_data
         assert columns == set(reference[0]) - MEASURED and set(METRIC_KEYS) - MEASURED <= columns, name
         for key in EXACT:
             assert [r[key] for r in records] == [r[key] for r in reference], (name, key)
-        for key, rel in (("loss", 1e-4), ("learning_rate", 1e-9), ("grad_norm", 1e-3)):
-            assert [r[key] for r in records] == pytest.approx([r[key] for r in reference], rel=rel), (name, key)
+        for key, rel in (("loss", 1e-5), ("learning_rate", 1e-9), ("grad_norm", 1e-5)):
+            got, want = [r[key] for r in records], [r[key] for r in reference]
+            worst = max(abs(g - w) / max(abs(w), 1e-300) for g, w in zip(got, want))
+            assert got == pytest.approx(want, rel=rel), (name, key, f"worst relative difference {worst:.2e}")
         assert set(columns) <= set(EXACT) | {"loss", "learning_rate", "grad_norm"}, name  # nothing left unchecked
         for record in records:  # throughput is the positions counted above over the step's time
             assert record["tokens_per_sec"] == pytest.approx(record["num_positions"] / record["step_seconds"])
