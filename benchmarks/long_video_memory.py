@@ -14,7 +14,7 @@ Systems (the stage's own flags; each comparison changes one thing):
   frame on the training thread, the tower keeps per-layer checkpoints of all its frames, every frame's features are
   all-gathered and every rank builds the whole embedded sequence;
 - ``new``: ``--dataloader_num_workers 0``, otherwise the defaults: each rank decodes only its frames (inline, so
-  its decode time is not inflated by sharing the cores with the step), the tower recomputes 8-frame chunks, features
+  its decode time is not inflated by sharing the cores with the step), the tower recomputes 2-frame chunks, features
   go by all-to-all-v to the rank holding their positions. ``old`` against ``new`` is the memory comparison;
 - ``new_ahead``: the defaults, with 2 loader threads decoding ahead. ``new`` against ``new_ahead`` is the
   data-loading comparison (``data_seconds``), and shows what loading ahead costs in host memory (on a CPU the

@@ -93,9 +93,12 @@ def _identity(seq: SequenceInputs) -> SequenceInputs:
     return seq
 
 
-DEFAULT_VISION_CHUNK_FRAMES = 8
+DEFAULT_VISION_CHUNK_FRAMES = 2
 """Frames the vision tower encodes at once when training: the backward recomputes the whole tower per chunk, so
-saved tower activations are one chunk's whatever the frame count (the tower is ~2% of a long-video step's FLOPs)."""
+saved tower activations are one chunk's whatever the frame count (the tower is ~2% of a long-video step's FLOPs).
+A chunk's recompute holds every tower layer's activations for its frames: about 0.7 GB per frame for
+SigLIP-so400m's 27 layers in bf16, so 2 frames (2 x 729 patches per matmul) rather than the 8 first chosen, which
+cost 0.3 GB more than per-layer checkpoints even on a 1-layer probe (benchmarks/RESULTS.md)."""
 
 
 class VILAModel(nn.Module):
