@@ -88,7 +88,12 @@ def run_point(checkpoint: Path, data: Path, out: Path, system: str, frames: int,
     for weights in out.rglob("*.safetensors"):  # the trained model is not the point; keep the disk free
         weights.unlink()
     decoded_per_rank = frames if system == "old" else -(-frames // sp)
+    flags = SYSTEMS[system]
+    chunk = int(flags[flags.index("--vision_chunk_frames") + 1]) if "--vision_chunk_frames" in flags else None
+    from longvila.model.vlm import DEFAULT_VISION_CHUNK_FRAMES
+
     return {"system": system, "sp": sp, "ring": ring, "frames": frames, "tokens": last["num_positions"],
+            "vision_chunk_frames": DEFAULT_VISION_CHUNK_FRAMES if chunk is None else chunk,
             "step_peak_gb": last["step_peak_memory_gb"], "peak_gb": last["max_memory_gb"],
             "tokens_per_sec": last["tokens_per_sec"], "step_seconds": last["step_seconds"],
             "data_seconds": last["data_seconds"], "decode_seconds": last["decode_seconds"],

@@ -96,9 +96,9 @@ def _identity(seq: SequenceInputs) -> SequenceInputs:
 DEFAULT_VISION_CHUNK_FRAMES = 2
 """Frames the vision tower encodes at once when training: the backward recomputes the whole tower per chunk, so
 saved tower activations are one chunk's whatever the frame count (the tower is ~2% of a long-video step's FLOPs).
-A chunk's recompute holds every tower layer's activations for its frames: about 0.7 GB per frame for
-SigLIP-so400m's 27 layers in bf16, so 2 frames (2 x 729 patches per matmul) rather than the 8 first chosen, which
-cost 0.3 GB more than per-layer checkpoints even on a 1-layer probe (benchmarks/RESULTS.md)."""
+A chunk's recompute holds every tower layer's activations for its frames (counted from the layer's code, see
+``longvila/plan/memory.py``): about 0.7 GB per frame for the 26 SigLIP-so400m layers VILA runs, in bf16, so a
+2-frame chunk (1,458 patches per matmul) keeps the tower near 1.4 GB where 8 frames would need 5.4 GB."""
 
 
 class VILAModel(nn.Module):

@@ -37,6 +37,8 @@ VIDEO_SYSTEMS = {
 }
 """The long-video memory benchmark's systems that the device model predicts, as training choices (its flags are
 ``benchmarks/long_video_memory.py``'s ``SYSTEMS``; both run with ``--dataloader_num_workers 0``, decoding inline).
+``new`` runs the trainer's default chunk: 8 frames when the 2026-12-05 result files were measured (2 since); a row
+that records its ``vision_chunk_frames`` is predicted with it.
 ``new_ahead`` (the defaults: two loader threads decoding the next batches while the step runs) is not one: its
 prefetched pixels and the decoders' buffers are host memory that a GPU's peak never holds, so the planner does
 not count them; on a CPU they share the step's resident set, and its rows measure what loading ahead costs."""
@@ -119,9 +121,11 @@ def predict_video_row(shape: ModelShape, row: dict) -> MemoryBreakdown:
     """Peak resident memory of one rank of a long-video benchmark row: fp32 on CPU (the host's memory is the device,
     runtime included, as ``predict_cpu_run``), stage 5, one sample of ``row["frames"]`` frames and ``row["tokens"]``
     positions per device batch, SP ``row["sp"]`` of which ring ``row["ring"]``, ZeRO-2, gradient checkpointing, the
-    row's system's MM-SP path and tower chunk."""
+    row's system's MM-SP path and tower chunk (the row's ``vision_chunk_frames`` where it records one)."""
     sp, ring = row.get("sp") or 1, row.get("ring") or 1
-    choices = TrainingChoices(stage=VIDEO_STAGE, bf16=False, **VIDEO_SYSTEMS[row["system"]])
+    system = {**VIDEO_SYSTEMS[row["system"]], **({"vision_chunk_frames": row["vision_chunk_frames"]}
+                                                 if row.get("vision_chunk_frames") is not None else {})}
+    choices = TrainingChoices(stage=VIDEO_STAGE, bf16=False, **system)
     return predict_memory(shape, Layout(sp, sp, sp, ring), Workload(row["tokens"], row["frames"]), choices,
                           cpu_device())
 

@@ -37,12 +37,14 @@ are independent (the trainer chunks the tower on either path), and the old MM-SP
 --vision_chunk_frames 0``. The tower runs only the layers before ``mm_vision_select_layer`` (VILA's -2: 26 of
 SigLIP-so400m's 27; none of a one-layer probe's, ``ModelShape.vision_layers_run``).
 
-- **pixels** (``video_pixels_gib``), held until the tower's backward, two copies in the training dtype: the batch's
-  decoded frames (the trainer's ``move_to_device`` moves and casts the whole batch, media included) and the
-  encoder's input, a ``torch.cat`` of them that the tower keeps (the patch embedding's saved input, or each chunk's
-  checkpointed input, is a view of it). ``gather``: every frame of the batch, twice, on every rank (plus the rank's
-  frames again when dummy frames pad its share); ``route``: only the rank's ceil(N*B / SP) frames, twice. On a CPU
-  the batch is in the same resident set as the step, so the same two copies count there.
+- **pixels** (``video_pixels_gib``), held until the tower's backward, in the training dtype (the trainer's
+  ``move_to_device`` moves and casts the whole batch, frames included); the tower keeps its input (the patch
+  embedding's saved input, or each chunk's checkpointed input, is a view of it). ``route``: the loader decodes only
+  the rank's ceil(N*B / SP) frames into one tensor, which is the tower's input as it is: one copy (two when dummy
+  frames pad the share and are concatenated on). ``gather``: every rank decodes every frame of the batch and
+  ``build_sequence`` concatenates them before the encoder takes its slice: two copies of every frame on every rank
+  (plus the rank's share again when dummy frames pad it). On a CPU the batch is in the same resident set as the
+  step, so the same copies count there.
 - **vision tower, held** (``vision_tower_gib``): chunked (``--vision_chunk_frames``), nothing beyond each chunk's
   input (in the pixels): the chunk's output goes into a ``cat`` that saves nothing. Unchunked, every frame of the
   rank keeps one per-layer checkpoint per layer run (``--gradient_checkpointing false``: every layer's saved
@@ -65,10 +67,12 @@ SigLIP-so400m's 27; none of a one-layer probe's, ``ModelShape.vision_layers_run`
   reduce-scatter, replicated on every SP rank. The forward builds the same tensors once, before the LLM has any
   activation, so it is never the larger phase. At SP 1 nothing is sent and the two paths are the same.
 
-The video terms were checked against ``benchmarks/long_video_memory.py`` (fp32 CPU, a one-layer probe:
-``longvila.plan.measured.compare_video_rows``); with one tower layer and select layer -2 that probe runs no tower
-layer, so it checks the pixels, the projector, the features and the phases, not ``VISION_LAYER_SAVED`` or
-``VISION_TRANSIENT``.
+The video terms are counted, not fitted, and checked against ``benchmarks/long_video_memory.py`` (fp32 CPU,
+Qwen2-0.5B shapes with one layer, stage 5: ``longvila.plan.measured.compare_video_rows``, in
+``tests/plan/test_accuracy.py``): every old and new row of ``benchmarks/results/cpu-2026-12-05-long-video-memory-*``
+(32 to 256 frames at SP 1, SP 2 and 2D SP 4) within 10%, the worst 9.3%. With one tower layer and select layer -2
+that probe runs no tower layer, so it checks the pixels, the projector, the features and the phases, not
+``VISION_LAYER_SAVED`` or ``VISION_TRANSIENT``.
 """
 
 from __future__ import annotations
@@ -106,8 +110,6 @@ attention output and the output projection's input (hidden width); fc1's output,
 GELU's output, which fc2 saves (MLP width). Counted from the layer's code, not yet measured: the CPU probe of
 ``benchmarks/long_video_memory.py`` (one tower layer, select layer -2) runs no tower layer."""
 PIXEL_CHANNELS = 3
-PIXEL_COPIES = 2
-"""The batch's decoded frames and the encoder's ``torch.cat`` of them, both in the training dtype."""
 
 
 @dataclass(frozen=True)
@@ -126,8 +128,8 @@ class MemoryBreakdown:
     """What the tower and projector keep for this rank's frames through the LLM's backward: nothing when chunked;
     unchunked, per-layer checkpoints and the projector's saved tensors of every frame of the rank."""
     video_pixels_gib: float
-    """Frames' pixels on the device, twice (the batch and the encoder's input; ``route``: the rank's frames;
-    ``gather``: every frame), in the training dtype, held until the tower's backward."""
+    """Frames' pixels on the device in the training dtype, held until the tower's backward (``route``: the rank's
+    frames, once; ``gather``: every frame, twice: the batch and the encoder's ``cat``)."""
     video_features_gib: float
     """Gradients of the features coming back through MM-SP after the LLM's layers (``gather``: the whole
     sequence's and every frame's, on every rank; ``route``: the rank's shard and the rows it sent and received)."""
@@ -279,17 +281,18 @@ def _rank_frames(layout: Layout, workload: Workload, choices: TrainingChoices) -
 
 def _video_pixels(shape: ModelShape, layout: Layout, workload: Workload, choices: TrainingChoices,
                   act: int) -> float:
-    """Two copies in the training dtype (the batch and the encoder's ``cat``): ``route`` of the rank's frames;
-    ``gather`` of every frame of the batch, plus the rank's share again when dummy frames pad it."""
+    """In the training dtype: ``route``, the rank's frames once (the loader's one tensor is the tower's input), twice
+    when dummy frames pad the share (``rank_frames`` cats them on); ``gather``, every frame of the batch twice (the
+    batch and ``build_sequence``'s ``cat``), plus the rank's share again when dummy frames pad it."""
     if not workload.frames:
         return 0.0
     own = _rank_frames(layout, workload, choices)
+    every = workload.frames * choices.micro_batch
+    padded = layout.sp > 1 and every % layout.sp  # the last ranks encode dummy frames
     per_frame = PIXEL_CHANNELS * shape.vision_image_size ** 2 * act
     if choices.mmsp == "route":
-        return PIXEL_COPIES * own * per_frame
-    every = workload.frames * choices.micro_batch
-    padded = own if layout.sp > 1 and every % layout.sp else 0  # encode_frames_sharded cats the dummies on
-    return (PIXEL_COPIES * every + padded) * per_frame
+        return own * per_frame * (2 if padded else 1)
+    return (2 * every + (own if padded else 0)) * per_frame
 
 
 def projector_saved_elements(shape: ModelShape) -> int:

@@ -1,6 +1,6 @@
 """Predicted peak memory is within 10% of every measured point: the long-context memory benchmark's stored rows,
-the long-video memory benchmark's old and new rows (stage 5, SP 1 and SP 2), and a live fp32 CPU stage-4 run of a
-real-shape probe made here."""
+the long-video memory benchmark's old and new rows (stage 5, SP 1, SP 2 and 2D SP 4), and a live fp32 CPU stage-4
+run of a real-shape probe made here."""
 
 import json
 from pathlib import Path
@@ -24,24 +24,28 @@ def test_every_stored_measurement_is_predicted_within_10_percent():
     assert {c.predicted.peak_phase for c in comparisons} == {"backward", "optimizer step"}
 
 
-VIDEO_RESULTS = {1: "cpu-2026-12-05-long-video-memory-sp1.json", 2: "cpu-2026-12-05-long-video-memory-sp2.json"}
-"""``benchmarks/long_video_memory.py``'s files (``long_video_memory_sp<N>.json``) for the probe
-qwen2-0.5b-1L-siglip-1L, fp32 CPU, stage 5."""
+VIDEO_RESULTS = {"cpu-2026-12-05-long-video-memory-sp1.json": (1, 1),
+                 "cpu-2026-12-05-long-video-memory-sp2.json": (2, 1),
+                 "cpu-2026-12-05-long-video-memory-sp4-ring2.json": (4, 2)}
+"""``benchmarks/long_video_memory.py``'s files (``long_video_memory_sp<N>[_ring<R>].json``) for the probe
+qwen2-0.5b-1L-siglip-1L, fp32 CPU, stage 5, with the (SP, ring) layout of their rows."""
 
 
-@pytest.mark.parametrize("sp", sorted(VIDEO_RESULTS))
-def test_long_video_step_peaks_are_predicted_within_10_percent(sp):
+@pytest.mark.parametrize("name", sorted(VIDEO_RESULTS))
+def test_long_video_step_peaks_are_predicted_within_10_percent(name):
     """Every old (gather, unchunked tower) and new (route, 8-frame chunks) row, at every frame count; new_ahead
     rows are not predicted (``longvila.plan.measured.VIDEO_SYSTEMS``: loading ahead is host memory)."""
-    path = RESULTS / VIDEO_RESULTS[sp]
+    path, (sp, ring) = RESULTS / name, VIDEO_RESULTS[name]
     if not path.is_file():
-        pytest.skip(f"{path.name} is not committed yet: run benchmarks/long_video_memory.py --sp {sp} and copy its "
-                    f"long_video_memory_sp{sp}.json there")
-    comparisons = compare_video_rows(json.loads(path.read_text())["rows"])
-    assert {c.sp for c in comparisons} == {sp}
+        flags = f"--sp {sp}" + (f" --ring {ring}" if ring > 1 else "")
+        pytest.skip(f"{name} is not committed yet: run benchmarks/long_video_memory.py {flags} and copy its "
+                    f"long_video_memory_sp{sp}{f'_ring{ring}' if ring > 1 else ''}.json there")
+    rows = json.loads(path.read_text())["rows"]
+    assert {(row["sp"], row["ring"]) for row in rows} == {(sp, ring)}
+    comparisons = compare_video_rows(rows)
     for system in ("old", "new"):
-        frames = {c.label for c in comparisons if f", {system}, " in c.label}
-        assert len(frames) >= 2, f"{path.name}: {system} needs two frame counts, has {sorted(frames)}"
+        labels = {c.label for c in comparisons if f", {system}, " in c.label}  # one label per frame count
+        assert len(labels) >= 2, f"{name}: {system} needs two frame counts, has {sorted(labels)}"
     worst = max(comparisons, key=lambda c: abs(c.error))
     assert abs(worst.error) <= BOUND, (worst.label, worst.measured_gib, worst.predicted.as_dict())
 

@@ -81,7 +81,8 @@ def _own_gradient_gib(shape, frames, sp):
 def test_route_has_no_replicated_video_term_and_gather_does(video_shape):
     """Route: doubling SP halves the pixels and the features' gradients (nothing on a rank is a copy of another
     rank's), and the chunked tower stays one chunk. Gather: every rank holds the whole sequence's gradient, every
-    frame's gathered features' gradient and every frame's pixels (twice), whatever the SP degree."""
+    frame's gathered features' gradient and every frame's pixels (twice: the batch and the encoder's cat), whatever
+    the SP degree."""
     shape = video_shape
     four, eight = _video(shape, 2048, 4), _video(shape, 2048, 8)
     assert eight.video_pixels_gib == pytest.approx(four.video_pixels_gib / 2)
@@ -95,7 +96,7 @@ def test_route_has_no_replicated_video_term_and_gather_does(video_shape):
     assert old_eight.video_features_gib == pytest.approx(replicated + _own_gradient_gib(shape, 2048, 8))
     assert old_eight.video_features_gib > 0.85 * old_four.video_features_gib > 4 * eight.video_features_gib
     assert old_eight.video_pixels_gib == old_four.video_pixels_gib == pytest.approx(2 * 2048 * 3 * 384**2 * 2 / GiB)
-    assert eight.video_pixels_gib == pytest.approx(2 * 256 * 3 * 384**2 * 2 / GiB)  # the batch and the tower's input
+    assert eight.video_pixels_gib == pytest.approx(256 * 3 * 384**2 * 2 / GiB)  # the batch is the tower's input
     # The old path's tower keeps a per-layer checkpoint of every frame of the rank (26 layers run at select layer
     # -2): ~44 MB per frame, and the projector's saved tensors beside it.
     assert old_eight.vision_tower_gib > 256 * 26 * 729 * 1152 * 2 / GiB > 10
@@ -120,8 +121,9 @@ def test_video_terms_fall_in_their_phases(video_shape):
     assert replace(route, video_pixels_gib=0, video_features_gib=0).step_gib == route.step_gib
     old = _video(video_shape, 2048, 8, **OLD_MMSP)
     assert replace(old, vision_tower_gib=0).backward_gib == pytest.approx(old.backward_gib - old.vision_tower_gib)
-    # Short videos on this two-layer LLM: the chunk's recompute is larger than the LLM's backward.
-    assert _video(video_shape, 256, 8).peak_phase == "vision backward"
+    # Short videos on this two-layer LLM with 8-frame chunks: the chunk's recompute (26 layers' activations for 8
+    # frames) is larger than the LLM's backward.
+    assert _video(video_shape, 256, 8, vision_chunk_frames=8).peak_phase == "vision backward"
     text = predict_memory(video_shape, Layout(8, 8, 8, 8), Workload(65536), TrainingChoices(stage=VIDEO), H100)
     assert text.video_pixels_gib == text.video_features_gib == text.vision_tower_gib == 0
     assert text.vision_transient_gib == text.vision_backward_gib == 0
@@ -139,9 +141,9 @@ def test_the_chunked_tower_does_not_grow_with_frames(video_shape):
     assert long.video_pixels_gib == pytest.approx(16 * short.video_pixels_gib)
     growth = long.backward_gib - short.backward_gib
     assert long.video_pixels_gib - short.video_pixels_gib < growth / 4  # the rest is the LLM's activations
-    one = _video(video_shape, 4096, 8, vision_chunk_frames=1)
+    one, eight = (_video(video_shape, 4096, 8, vision_chunk_frames=k) for k in (1, 8))
     own = _own_gradient_gib(video_shape, 4096, 8)
-    assert one.vision_transient_gib - own < (long.vision_transient_gib - own) / 4
+    assert one.vision_transient_gib - own == pytest.approx((eight.vision_transient_gib - own) / 8)
     unchunked = _video(video_shape, 4096, 8, vision_chunk_frames=0)
     old = _video(video_shape, 4096, 8, **OLD_MMSP)
     assert unchunked.vision_tower_gib == old.vision_tower_gib > 0
@@ -166,11 +168,22 @@ def test_a_frozen_tower_keeps_nothing():
         4096, shape.tokens_per_frame), TrainingChoices(stage="s4_context_ext"), H100).vision_transient_gib
 
 
-def test_at_sp_1_the_two_paths_hold_the_same(video_shape):
+def test_at_sp_1_the_two_paths_hold_the_same_but_gathers_cat(video_shape):
     route, gather = _video(video_shape, 64, 1), _video(video_shape, 64, 1, mmsp="gather")
     assert route.video_features_gib == gather.video_features_gib > 0
-    assert route.video_pixels_gib == gather.video_pixels_gib > 0  # every frame is the rank's
     assert route.vision_transient_gib == gather.vision_transient_gib > 0
+    # Every frame is the rank's either way; build_sequence still concatenates the batch's frames into a second copy.
+    assert gather.video_pixels_gib == pytest.approx(2 * route.video_pixels_gib)
+
+
+def test_dummy_frames_cost_a_concatenated_copy(video_shape):
+    """2049 frames over SP 8: the last rank pads its share with dummy frames, concatenated onto its real ones."""
+    exact, padded = _video(video_shape, 2048, 8), _video(video_shape, 2049, 8)
+    per_frame = 3 * 384**2 * 2 / GiB
+    assert exact.video_pixels_gib == pytest.approx(256 * per_frame)
+    assert padded.video_pixels_gib == pytest.approx(2 * 257 * per_frame)
+    old = _video(video_shape, 2049, 8, **OLD_MMSP)
+    assert old.video_pixels_gib == pytest.approx((2 * 2049 + 257) * per_frame)
 
 
 def test_the_tower_runs_only_the_layers_before_the_selected_state():
