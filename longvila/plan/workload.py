@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from longvila.distributed.integration import MMSP_IMPLS
 from longvila.model.media_expansion import video_positions
 from longvila.model.vlm import DEFAULT_VISION_CHUNK_FRAMES
 
 DEEPSPEED_CONFIGS = ("zero2", "zero2_offload", "zero3", "zero3_offload")
 """The packaged DeepSpeed configs a plan chooses between, cheapest in time first."""
+MMSP_IMPLS = ("route", "gather")
+"""How frame features reach their sequence shard: ``route`` is what longvila trains with; ``gather`` is LongVILA's
+own MM-SP (and longvila's before 2026-12-05), planned to compare against, not a trainer flag."""
 VIDEO_TEXT_TOKENS = 256
 """Prompt and answer tokens assumed beside a video's frames when only ``--num_video_frames`` is given."""
 
