@@ -1,24 +1,26 @@
-"""Per-rank memory, speed and data loading of a stage-5 step at real layer shapes, at doubling frame counts:
-the old MM-SP path against the new one, in the same run.
+"""Per-rank memory, speed and data loading of a stage-5 step at real layer shapes, at doubling frame counts.
 
     python benchmarks/long_video_memory.py --output_dir runs/long_video_memory                  # SP 1 and 2
     python benchmarks/long_video_memory.py --output_dir runs/long_video_memory --sp 4 --ring 2  # 2D: ring 2 x Ulysses 2
 
 The model is a VILA-layout checkpoint with real layer shapes and few layers (``longvila.model.real_shapes``): a
-SigLIP-so400m-shaped tower (384 px, 14 px patches, 1152 hidden, 4304 MLP, 16 heads; ``--vision_layers``, default 1),
+SigLIP-so400m-shaped tower (384 px, 14 px patches, 1152 hidden, 4304 MLP, 16 heads; ``--vision_layers``, default 2,
+of which VILA's ``mm_vision_select_layer`` -2 runs 1),
 Qwen2-0.5B's LLM shapes with the real 151,936-token vocabulary (``--llm_layers``, default 1) and ``mlp_downsample``
 (196 tokens per frame). The data are real H.264 mp4 clips at 384 px written with PyAV, one video question per sample.
 
 Systems (the stage's own flags; each comparison changes one thing):
-- ``old``: ``--mmsp_impl gather --vision_chunk_frames 0 --dataloader_num_workers 0``: every rank decodes every
-  frame on the training thread, the tower keeps per-layer checkpoints of all its frames, every frame's features are
-  all-gathered and every rank builds the whole embedded sequence;
 - ``new``: ``--dataloader_num_workers 0``, otherwise the defaults: each rank decodes only its frames (inline, so
   its decode time is not inflated by sharing the cores with the step), the tower recomputes 2-frame chunks, features
-  go by all-to-all-v to the rank holding their positions. ``old`` against ``new`` is the memory comparison;
+  go by all-to-all-v to the rank holding their positions;
 - ``new_ahead``: the defaults, with 2 loader threads decoding ahead. ``new`` against ``new_ahead`` is the
   data-loading comparison (``data_seconds``), and shows what loading ahead costs in host memory (on a CPU the
   prefetched pixels and the decoders' buffers are in the same resident set as the step).
+
+The old path (every rank decodes every frame on the training thread, the tower keeps per-layer checkpoints of all
+its frames, every frame's features are all-gathered and every rank builds the whole embedded sequence) was the
+``old`` system, ``--mmsp_impl gather --vision_chunk_frames 0 --dataloader_num_workers 0``, measured in the same runs
+as ``new`` at commit 61def37 (``benchmarks/RESULTS.md``); the flag was removed once those numbers were in.
 
 At these few layers the LLM's own activations grow with tokens until ``--tiled_mlp_tokens`` (4096 per rank) caps the
 MLP's transient; that growth is the same in every system, so compare growth past that point (or read the planner's
@@ -28,9 +30,9 @@ Each (SP, frames, system) point is a fresh run of ``--steps`` fp32 optimizer ste
 point reports the last step: per-rank step peak (resident-set peak of that step alone, the max over ranks),
 tokens/s, ``data_seconds`` (the step's wait for data), ``decode_seconds`` and decode time per decoded frame (each
 rank decodes its share), and beside it the time to decode and preprocess the whole clip once (what every rank did
-before). Growth is GB per 100 frames between frame counts. Systems alternate inside each frame count (old, new,
-new_ahead, old, ... with ``--repeats 2``), so a drift of the shared host hits both. Writes ``long_video_memory_sp<N>.json``
-and a ``.png`` of step peak against frames.
+before). Growth is GB per 100 frames between frame counts. Systems alternate inside each frame count (new,
+new_ahead, new, ... with ``--repeats 2``), so a drift of the shared host hits both. Writes
+``long_video_memory_sp<N>[_ring<R>].json`` and a ``.png`` of step peak against frames.
 """
 
 from __future__ import annotations
@@ -44,7 +46,6 @@ from pathlib import Path
 from rank_runs import launcher, run_ranks, save_line_plot
 
 SYSTEMS = {
-    "old": ["--mmsp_impl", "gather", "--vision_chunk_frames", "0", "--dataloader_num_workers", "0"],
     "new": ["--dataloader_num_workers", "0"],
     "new_ahead": [],
 }
@@ -87,11 +88,11 @@ def run_point(checkpoint: Path, data: Path, out: Path, system: str, frames: int,
     last = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
     for weights in out.rglob("*.safetensors"):  # the trained model is not the point; keep the disk free
         weights.unlink()
-    decoded_per_rank = frames if system == "old" else -(-frames // sp)
-    flags = SYSTEMS[system]
-    chunk = int(flags[flags.index("--vision_chunk_frames") + 1]) if "--vision_chunk_frames" in flags else None
     from longvila.model.vlm import DEFAULT_VISION_CHUNK_FRAMES
 
+    decoded_per_rank = -(-frames // sp)
+    flags = SYSTEMS[system]
+    chunk = int(flags[flags.index("--vision_chunk_frames") + 1]) if "--vision_chunk_frames" in flags else None
     return {"system": system, "sp": sp, "ring": ring, "frames": frames, "tokens": last["num_positions"],
             "vision_chunk_frames": DEFAULT_VISION_CHUNK_FRAMES if chunk is None else chunk,
             "step_peak_gb": last["step_peak_memory_gb"], "peak_gb": last["max_memory_gb"],
@@ -126,8 +127,8 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 def plot(summary: list[dict], path: Path, title: str) -> None:
-    labels = {"old": "old: gather + per-layer tower checkpoints", "new": "new: routed features + chunked tower",
-              "new_ahead": "new, loading ahead in 2 threads"}
+    labels = {"old": "old (61def37): gather + per-layer tower checkpoints",
+              "new": "new: routed features + chunked tower", "new_ahead": "new, loading ahead in 2 threads"}
     series = {label: [(p["frames"], p["step_peak_gb"]) for p in summary if p["system"] == system]
               for system, label in labels.items()}
     save_line_plot(series, path, "video frames per sample", "step peak per rank (GB)", title)
@@ -141,7 +142,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--frames", default="16,32,64", help="comma list of frame counts")
     parser.add_argument("--llm", default="qwen2-0.5b")
     parser.add_argument("--llm_layers", type=int, default=1)
-    parser.add_argument("--vision_layers", type=int, default=1)
+    parser.add_argument("--vision_layers", type=int, default=2, help="SigLIP layers in the checkpoint; VILA reads "
+                        "hidden state -2, so the tower runs one fewer (the 2026-12-05 rows used 1: patch embedding "
+                        "only)")
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per run; the last one is reported")
     parser.add_argument("--repeats", type=int, default=1, help="runs per (system, frames), systems interleaved")
     parser.add_argument("--max_seconds", type=float, default=1800.0, help="per run")

@@ -67,9 +67,6 @@ class ModelArguments:
     vision_chunk_frames: int = flag(DEFAULT_VISION_CHUNK_FRAMES, "The vision tower encodes a rank's frames this many "
                                     "at a time and recomputes each chunk in the backward, so its saved activations "
                                     "do not grow with frames; 0: one call, per-layer checkpoints kept.")
-    mmsp_impl: str = flag("route", "route (each frame feature is sent to the rank holding its position; no rank "
-                          "holds the whole sequence) | gather (the old MM-SP: every rank builds the whole embedded "
-                          "sequence; kept for the long-video memory benchmark).")
 
 
 @dataclass
@@ -234,7 +231,6 @@ def validate(args: StageArguments) -> None:
          f"--attn_backend must be one of {', '.join(ATTN_BACKENDS)}, got {m.attn_backend!r}"),
         (d.dataloader_num_workers < 0, f"--dataloader_num_workers must be >= 0, got {d.dataloader_num_workers}"),
         (m.vision_chunk_frames < 0, f"--vision_chunk_frames must be >= 0 (0: off), got {m.vision_chunk_frames}"),
-        (m.mmsp_impl not in ("route", "gather"), f"--mmsp_impl must be route or gather, got {m.mmsp_impl!r}"),
         (m.lora_r < 1, f"--lora_r must be >= 1, got {m.lora_r}"),
         (m.tiled_mlp_tokens < 0, f"--tiled_mlp_tokens must be >= 0 (0: off), got {m.tiled_mlp_tokens}"),
         (m.loss_impl not in ("chunked", "naive"), f"--loss_impl must be chunked or naive, got {m.loss_impl!r}"),

@@ -9,7 +9,7 @@ from .block_attention import available_backends, block_attention, get_block_back
 from .loss import mean_loss, normalised_loss
 from .lse import merge_attention, normalise_lse
 from .mesh import ProcessGroups, SequenceParallelConfig, build_mesh, check_heads, mesh_ranks
-from .mmsp import FrameSplit, all_gather_with_grad, encode_frames_sharded, make_sharded_frame_encoder, split_frames
+from .mmsp import FrameSplit, all_gather_with_grad, encode_frames_sharded, split_frames
 from .ring import ring_attention, zigzag_ring_attention
 from .sharding import (
     contiguous_shard,
@@ -41,7 +41,6 @@ __all__ = [
     "gather_sequence",
     "get_block_backend",
     "mean_loss",
-    "make_sharded_frame_encoder",
     "merge_attention",
     "mesh_ranks",
     "normalise_lse",

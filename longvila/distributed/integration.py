@@ -7,9 +7,7 @@ The model exposes three hooks and this module fills them, so no model file is pa
   attention on the chosen block backend);
 * ``model.sequence_sharder``: after the global label shift, pad to 2*SP and take this rank's zigzag shard of
   token ids, frame-feature rows, labels, positions and (global) document ids, and plan where each frame feature
-  this rank encodes must go (MM-SP: each SP rank encodes 1/SP of the frames, ``longvila/distributed/media_routing.py``);
-* with ``mmsp_impl="gather"`` (the old MM-SP, kept for the long-video memory benchmark) ``model.frame_encoder``
-  all-gathers every frame's features and the sharder cuts the whole embedded sequence.
+  this rank encodes must go (MM-SP: each SP rank encodes 1/SP of the frames, ``longvila/distributed/media_routing.py``).
 
 It returns the run's :class:`~longvila.distributed.mesh.ParallelDims`: which samples this rank reads and over which
 group the supervised tokens of a step are counted (SP ranks of one group share a batch, so they must not be double
@@ -25,10 +23,7 @@ import torch.distributed as dist
 from .attention import AttentionDispatcher
 from .media_routing import plan_routes
 from .mesh import ParallelDims, ProcessGroups, SequenceParallelConfig, check_heads
-from .mmsp import make_sharded_frame_encoder
 from .sharding import pad_to_multiple, shard_sequence
-
-MMSP_IMPLS = ("route", "gather")
 
 
 class SequenceSharder:
@@ -38,7 +33,7 @@ class SequenceSharder:
         self.cfg, self.groups, self.tokens_per_frame = cfg, groups, tokens_per_frame
 
     def __call__(self, seq):
-        """Shards the embeddings (``gather`` path), or the token ids and feature rows, embedded after sharding."""
+        """Shards token ids and feature rows (embedded after sharding), or already embedded inputs."""
         values = ["inputs_embeds"] if seq.inputs_embeds is not None else ["token_ids"]
         if seq.inputs_embeds is None and seq.feature_rows is not None:
             values.append("feature_rows")
@@ -58,20 +53,13 @@ class SequenceSharder:
                        segment_ids=shard["segment_ids"], media_routes=routes)
 
 
-def install_parallelism(model, sp: SequenceParallelConfig, attn_backend: str = "torch",
-                        mmsp_impl: str = "route") -> ParallelDims:
+def install_parallelism(model, sp: SequenceParallelConfig, attn_backend: str = "torch") -> ParallelDims:
     """Build the device mesh, give ``model`` its attention dispatcher and sharding hooks, and return the run's
-    :class:`ParallelDims`. ``attn_backend`` is a resolved block-backend name ("torch", "triton", "flash_attn");
-    ``mmsp_impl`` is "route" (no rank holds the whole sequence) or "gather" (the old MM-SP)."""
-    if mmsp_impl not in MMSP_IMPLS:
-        raise ValueError(f"--mmsp_impl must be one of {', '.join(MMSP_IMPLS)}, got {mmsp_impl!r}")
+    :class:`ParallelDims`. ``attn_backend`` is a resolved block-backend name ("torch", "triton", "flash_attn")."""
     dims = ParallelDims.build(sp, dist.get_world_size(), dist.get_rank())
     model.set_attention(AttentionDispatcher(sp, dims.groups, attn_backend))
     if sp.enabled:
         llm_config = model.llm.config
         check_heads(llm_config.num_attention_heads, llm_config.num_key_value_heads, sp.ulysses_size)
         model.sequence_sharder = SequenceSharder(sp, dims.groups, model.tokens_per_frame)
-        if mmsp_impl == "gather":
-            model.frame_encoder = make_sharded_frame_encoder(model.encode_frames, dims.groups.sp_group)
-    model.mmsp_impl = mmsp_impl
     return dims

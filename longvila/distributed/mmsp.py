@@ -1,11 +1,12 @@
-"""MM-SP (LongVILA stage 5): shard the vision encoder's frames over the SP group, then the tokens.
+"""MM-SP (LongVILA stage 5): the balanced split of a batch's frames over the SP group.
 
-Stage 1: each SP rank encodes a balanced 1/SP share of the batch's frames. Every rank encodes exactly
+Each SP rank encodes a balanced 1/SP share of the batch's frames (:func:`split_frames`). Every rank encodes exactly
 ``ceil(N / SP)`` frames, so the tail ranks pad with dummy frames (zeros): all ranks then run the same vision
-compute and the all-gather has equal shapes. The dummy features are dropped after the gather, so they never
-reach the sequence (nor get gradients). Stage 2: :func:`all_gather_with_grad` rebuilds all N frames' features on
-every rank, the model builds the full embedding sequence, and :func:`longvila.distributed.sharding.shard_sequence`
-takes the local token shard.
+compute, and every rank's tower takes part in the backward (its gradients reach the ZeRO reduction). The dummy
+features never reach the sequence. Training sends each real frame's features straight to the rank holding their
+positions (``longvila/distributed/media_routing.py``). :func:`encode_frames_sharded` instead rebuilds every frame's
+features on every rank (:func:`all_gather_with_grad`), which evaluation needs when every rank splices from one
+cache of features (V-NIAH); it is also LongVILA's own MM-SP.
 
 All ranks of an SP group must hold the same batch (same frames): SP ranks split one sample's sequence, they do not
 read different samples.
@@ -95,12 +96,3 @@ def encode_frames_sharded(frames: torch.Tensor, encoder: Callable[[torch.Tensor]
         local = torch.cat([local, dummy], dim=0)
     features = encoder(local)
     return all_gather_with_grad(features, group, dim=0)[:n]
-
-
-def make_sharded_frame_encoder(encoder: Callable[[torch.Tensor], torch.Tensor], group):
-    """A drop-in for ``VILAModel.frame_encoder`` that shards frames over ``group`` (the SP group)."""
-
-    def frame_encoder(frames: torch.Tensor) -> torch.Tensor:
-        return encode_frames_sharded(frames, encoder, group)
-
-    return frame_encoder

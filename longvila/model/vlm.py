@@ -9,8 +9,7 @@ without subclassing:
        routed to their positions -> LLM backbone ("longvila" attention) -> ``loss_fn`` (sum, count).
 
 No floating-point tensor with the whole sequence's length exists on a sequence-parallel rank, and each rank touches
-only its own frames' pixels. ``build_sequence`` (the whole embedded sequence at once) serves generation and the
-``mmsp_impl = "gather"`` path that the long-video memory benchmark compares against.
+only its own frames' pixels. ``build_sequence`` (the whole embedded sequence at once) serves generation.
 """
 
 from __future__ import annotations
@@ -126,7 +125,6 @@ class VILAModel(nn.Module):
         self.sequence_sharder: Callable[[SequenceInputs], SequenceInputs] = _identity
         self.loss_fn: Callable = chunked_cross_entropy_sum
         self.vision_chunk_frames = DEFAULT_VISION_CHUNK_FRAMES  # 0: one tower call, per-layer checkpoints kept
-        self.mmsp_impl = "route"  # "gather": every rank builds the whole embedded sequence (the old MM-SP)
 
     def set_attention(self, dispatcher: Callable) -> str:
         """Give the LLM ``dispatcher`` (transformers' attention-function signature, e.g. an
@@ -344,11 +342,6 @@ class VILAModel(nn.Module):
         rank's share, ``media_frames`` (every medium's frame count) and ``frames`` (this rank's pixels)."""
         if self._is_text_only(input_ids, attention_mask, media):
             seq = self.build_text_sequence(input_ids, labels, attention_mask, position_ids)
-        elif self.mmsp_impl == "gather":
-            if media is None:  # every rank loaded every frame (see longvila/stages/common.py)
-                media = [list(frames.split(counts)) for counts, frames in
-                         zip(media_frames, frames.split([sum(c) for c in media_frames]))]
-            seq = self.build_sequence(input_ids, labels, attention_mask, media, position_ids)
         else:
             seq = self.build_layout(input_ids, labels, attention_mask, media, position_ids, media_frames)
         seq = replace(seq, labels=shift_labels(seq.labels, seq.position_ids))

@@ -2,13 +2,14 @@
 
     longvila plan --model qwen2-7b --model_max_length 1048576 --gpus 8 --gpu_memory_gb 80
     longvila plan --model qwen2-7b --num_video_frames 2048 --gpus 256 --device H100-80GB
-    longvila plan --model qwen2-7b --num_video_frames 2048 --gpus 8 --mmsp_impl gather --vision_chunk_frames 0
+    longvila plan --model qwen2-7b --num_video_frames 2048 --gpus 8 --mmsp_impl gather --vision_chunk_frames 0  # LongVILA
     longvila plan --model runs/s3 --model_max_length 262144 --gpus 16 --seq_parallel_size 8 --json
     longvila plan --model DIR --model_max_length 4096 --device cpu                 # checkable on this host
 
 Every choice not given (SP and ring degree, ZeRO stage, LoRA, activation offload) is searched. Video is planned
-for the trainer's default MM-SP (``--mmsp_impl route``, tower in chunks of ``--vision_chunk_frames``); the third line
-plans the old path for comparison. Exit code 0 when the plan fits, 1 when nothing fits, 2 for a bad request.
+for the trainer's MM-SP (frame features routed to their shard, tower in chunks of ``--vision_chunk_frames``); the
+third line plans LongVILA's own MM-SP (every rank gathers all features and builds the whole sequence, the tower keeps
+per-layer checkpoints) for comparison, with no launch line. Exit code 0 when the plan fits, 1 when nothing fits, 2 for a bad request.
 """
 
 from __future__ import annotations
@@ -64,12 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--tiled_mlp_tokens", type=int, default=4096)
     train.add_argument("--loss_impl", default="chunked", choices=("chunked", "naive"))
     train.add_argument("--bf16", type=_bool, default=None, help="default: true on GPUs, false on cpu")
-    train.add_argument("--mmsp_impl", default="route", choices=MMSP_IMPLS, help="video: route (each rank's frames' "
-                       "features go straight to the ranks holding their positions) | gather (the old path: every "
-                       "rank gathers all features and builds the whole sequence)")
+    train.add_argument("--mmsp_impl", default="route", choices=MMSP_IMPLS, help="video: route (longvila: each rank's "
+                       "frames' features go straight to the ranks holding their positions) | gather (LongVILA's "
+                       "MM-SP, for comparison only: every rank gathers all features and builds the whole sequence)")
     train.add_argument("--vision_chunk_frames", type=int, default=DEFAULT_VISION_CHUNK_FRAMES,
                        help="video: frames per chunk of the tower's whole-tower recompute (0: one pass with "
-                       "per-layer checkpoints; with --mmsp_impl gather that is the old path)")
+                       "per-layer checkpoints; with --mmsp_impl gather that is LongVILA's path)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     return parser
 

@@ -27,7 +27,13 @@ def stage4_rope_theta(tokens: int) -> float | None:
 
 def launch_command(request, layout: Layout, choices: TrainingChoices, workload: Workload,
                    trained_context: int = 0) -> str:
-    """The launch line; stage 4 gets LongVILA's RoPE base when the sample is longer than ``trained_context``."""
+    """The launch line; stage 4 gets LongVILA's RoPE base when the sample is longer than ``trained_context``.
+
+    LongVILA's own MM-SP (``gather``) is planned only to compare against: longvila always routes frame features, so
+    such a plan gets a comment instead of a line that would train something else."""
+    if workload.frames and choices.mmsp != "route":
+        return (f"# --mmsp_impl {choices.mmsp} plans LongVILA's own MM-SP for comparison; longvila always routes "
+                "frame features (plan without it for a launch line)")
     launcher = ["torchrun", "--nnodes", str(layout.nodes), "--nproc_per_node",
                 str(min(layout.gpus, layout.gpus_per_node))]
     if layout.nodes > 1:
@@ -38,8 +44,6 @@ def launch_command(request, layout: Layout, choices: TrainingChoices, workload: 
              "--model_max_length", str(workload.tokens)]
     if workload.frames:
         flags += ["--num_video_frames", str(workload.frames)]
-        if choices.mmsp != "route":
-            flags += ["--mmsp_impl", choices.mmsp]
         if choices.vision_chunk_frames != DEFAULT_VISION_CHUNK_FRAMES:
             flags += ["--vision_chunk_frames", str(choices.vision_chunk_frames)]
     flags += ["--seq_parallel_size", str(layout.sp), "--seq_parallel_ring_size", str(layout.ring),

@@ -33,8 +33,8 @@ long-context memory benchmark's rows (``benchmarks/results/cpu-*-long-context-me
 Video is counted term by term, from the code (``longvila/model/vlm.py``, ``longvila/distributed/mmsp.py``,
 ``media_routing.py``, ``longvila/engine/trainer.py``); N frames per sample, B samples, S tokens, s = S / SP on a rank.
 ``--mmsp_impl`` picks how features reach their positions and ``--vision_chunk_frames`` how the tower runs; the two
-are independent (the trainer chunks the tower on either path), and the old MM-SP is ``--mmsp_impl gather
---vision_chunk_frames 0``. The tower runs only the layers before ``mm_vision_select_layer`` (VILA's -2: 26 of
+are independent, and LongVILA's MM-SP (longvila's until 2026-12-05, measured as the ``old`` rows of
+``benchmarks/results/cpu-2026-12-05-long-video-memory-*.json``) is ``--mmsp_impl gather --vision_chunk_frames 0``. The tower runs only the layers before ``mm_vision_select_layer`` (VILA's -2: 26 of
 SigLIP-so400m's 27; none of a one-layer probe's, ``ModelShape.vision_layers_run``).
 
 - **pixels** (``video_pixels_gib``), held until the tower's backward, in the training dtype (the trainer's

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from longvila.distributed.integration import MMSP_IMPLS
 from longvila.model.media_expansion import video_positions
 from longvila.model.vlm import DEFAULT_VISION_CHUNK_FRAMES
 
 DEEPSPEED_CONFIGS = ("zero2", "zero2_offload", "zero3", "zero3_offload")
 """The packaged DeepSpeed configs a plan chooses between, cheapest in time first."""
+MMSP_IMPLS = ("route", "gather")
+"""How frame features reach their sequence shard: ``route`` is what longvila trains with; ``gather`` is LongVILA's
+own MM-SP (and longvila's before 2026-12-05), planned to compare against, not a trainer flag."""
 VIDEO_TEXT_TOKENS = 256
 """Prompt and answer tokens assumed beside a video's frames when only ``--num_video_frames`` is given."""
 
@@ -50,15 +52,15 @@ class TrainingChoices:
     bf16: bool = True
     micro_batch: int = 1
     mmsp: str = "route"
-    """``--mmsp_impl`` (the trainer's ``MMSP_IMPLS``): ``route`` (the default: each rank moves only its own frames
+    """``--mmsp_impl`` (``MMSP_IMPLS``): ``route`` (what longvila trains with: each rank moves only its own frames
     and sends each frame's features by all-to-all-v straight to the ranks holding their positions; text embedded
-    after sharding, no full-length tensor on any rank) | ``gather`` (the old MM-SP: every rank moves every frame,
-    all-gathers every frame's features and builds the whole embedded sequence before taking its shard; kept
-    until the long-video memory benchmark has compared the two)."""
+    after sharding, no full-length tensor on any rank) | ``gather`` (LongVILA's MM-SP, and longvila's until
+    2026-12-05, planned for comparison: every rank moves every frame, all-gathers every frame's features and
+    builds the whole embedded sequence before taking its shard)."""
     vision_chunk_frames: int = DEFAULT_VISION_CHUNK_FRAMES
     """``--vision_chunk_frames`` (either MM-SP path; default the trainer's): the rank's frames go through the tower
     this many at a time, each chunk recomputed whole in the backward; 0 encodes them in one pass with the tower's
-    per-layer checkpoints (with ``--mmsp_impl gather``: the old path)."""
+    per-layer checkpoints (with ``--mmsp_impl gather``: LongVILA's path)."""
 
     def __post_init__(self) -> None:
         if self.deepspeed not in DEEPSPEED_CONFIGS:

@@ -205,9 +205,8 @@ def _data_stream(spec: StageSpec, args: StageArguments, dataset, tokenizer, imag
     from longvila.engine.data_stream import MicroBatchStream
     from longvila.engine.prefetch import PrefetchingStream, failed_rows_agreement
 
-    # --mmsp_impl gather builds the whole sequence on every rank, so every rank decodes every frame (the old way)
-    share = (dims.sp_rank, dims.sp.sp_size) if args.model.mmsp_impl == "route" else (0, 1)
-    rank_media = RankMedia(image_processor, *share) if spec.data_kind == "conversation" else None
+    rank_media = (RankMedia(image_processor, dims.sp_rank, dims.sp.sp_size)
+                  if spec.data_kind == "conversation" else None)
     batch_size = args.train.per_device_train_batch_size
     stream = MicroBatchStream(
         dataset, partial(collate, pad_token_id=tokenizer.pad_token_id, rank_media=rank_media), batch_size,
@@ -266,7 +265,7 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
         model.enable_gradient_checkpointing()
 
     try:
-        dims = parallelize(model, sp, args.model.attn_backend, env.device, args.model.mmsp_impl)
+        dims = parallelize(model, sp, args.model.attn_backend, env.device)
     except ValueError as error:
         raise ConfigError(str(error)) from error
 

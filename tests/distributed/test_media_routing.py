@@ -5,8 +5,8 @@ The "whole sequence" check records the shape of every floating-point tensor the 
 (a ``TorchDispatchMode``) and looks for a vector at least as wide as the LLM's hidden size at every position of the
 whole sequence: a dimension equal to the global expanded length (padded or not, flattened over the batch or not)
 followed by one >= hidden size. Ulysses' attention legitimately sees the whole sequence for its 1/U of the heads
-(head_dim wide, so it is not counted). The old all-gather path is run through the same recorder, which must catch
-it: the check can fail.
+(head_dim wide, so it is not counted). What the old all-gather path built (the whole embedded
+sequence, ``build_sequence``) goes through the same recorder, which must catch it: the check can fail.
 """
 
 import copy
@@ -22,7 +22,7 @@ from longvila.distributed.attention import AttentionDispatcher
 from longvila.distributed.integration import SequenceSharder
 from longvila.distributed.media_routing import plan_local, plan_routes, route_features
 from longvila.distributed.mesh import SequenceParallelConfig
-from longvila.distributed.mmsp import make_sharded_frame_encoder, split_frames
+from longvila.distributed.mmsp import split_frames
 
 from .world import get_mesh
 
@@ -101,7 +101,7 @@ def _grads(model):
     return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
 
-def _routed_vs_single(rank, world, path, sp, ring, chunk, loader_split, impl):
+def _routed_vs_single(rank, world, path, sp, ring, chunk, loader_split, whole_sequence_control):
     torch.manual_seed(0)
     model, tok = _load(path, chunk)
     ref = copy.deepcopy(model)
@@ -113,9 +113,6 @@ def _routed_vs_single(rank, world, path, sp, ring, chunk, loader_split, impl):
     groups = get_mesh(cfg)
     model.set_attention(AttentionDispatcher(cfg, groups, "torch"))
     model.sequence_sharder = SequenceSharder(cfg, groups, model.tokens_per_frame)
-    model.mmsp_impl = impl
-    if impl == "gather":
-        model.frame_encoder = make_sharded_frame_encoder(model.encode_frames, groups.sp_group)
     full_len = model.build_layout(batch["input_ids"], batch["labels"], batch["attention_mask"],
                                   batch["media"]).token_ids.shape[1]
     padded = math.ceil(full_len / cfg.pad_multiple) * cfg.pad_multiple
@@ -126,6 +123,8 @@ def _routed_vs_single(rank, world, path, sp, ring, chunk, loader_split, impl):
         batch = local_media(batch, split_frames(NUM_FRAMES, groups.sp_rank, sp))
     recorder = ShapeRecorder()
     with recorder:
+        if whole_sequence_control:  # the old MM-SP's first step: every rank embeds the whole sequence
+            model.build_sequence(batch["input_ids"], batch["labels"], batch["attention_mask"], batch["media"])
         got = model(**batch)
         got.loss_sum.backward()
     loss = got.loss_sum.detach().clone()
@@ -145,12 +144,12 @@ def _routed_vs_single(rank, world, path, sp, ring, chunk, loader_split, impl):
 @pytest.mark.parametrize("chunk", [0, 2])
 def test_routed_mmsp_matches_single_process_without_full_length_tensors(world4, tiny_path, sp, ring, chunk):
     for loader_split in (False, True):
-        full = world4.run(_routed_vs_single, str(tiny_path), sp, ring, chunk, loader_split, "route")
+        full = world4.run(_routed_vs_single, str(tiny_path), sp, ring, chunk, loader_split, False)
         assert full == [[]] * 4, full
 
 
-def test_shape_recorder_catches_the_gather_path(world4, tiny_path):
-    full = world4.run(_routed_vs_single, str(tiny_path), 2, 1, 0, False, "gather")
+def test_shape_recorder_catches_a_whole_sequence(world4, tiny_path):
+    full = world4.run(_routed_vs_single, str(tiny_path), 2, 1, 0, False, True)
     assert all(shapes for shapes in full)
 
 

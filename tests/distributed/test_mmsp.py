@@ -5,7 +5,7 @@ import torch
 import torch.distributed as dist
 
 from longvila.distributed.mesh import SequenceParallelConfig
-from longvila.distributed.mmsp import all_gather_with_grad, make_sharded_frame_encoder, split_frames
+from longvila.distributed.mmsp import all_gather_with_grad, encode_frames_sharded, split_frames
 from longvila.distributed.sharding import shard_sequence
 
 from .world import get_mesh
@@ -71,7 +71,7 @@ def _mmsp_vs_single(rank, world, sp, ring, num_frames):
 
     ref = torch.autograd.grad(_full_loss(encode(frames), target, None, None), list(encoder.parameters()))
     calls.clear()
-    feats = make_sharded_frame_encoder(encode, groups.sp_group)(frames)
+    feats = encode_frames_sharded(frames, encode, groups.sp_group)
     assert calls == [-(-num_frames // sp)]  # one encoder call on a balanced share
     assert feats.shape == (num_frames, 3, 6)
     grads = torch.autograd.grad(_full_loss(feats, target, cfg, groups), list(encoder.parameters()))
