@@ -13,6 +13,8 @@ Systems (the stage's own flags; each comparison changes one thing):
 - ``new``: ``--dataloader_num_workers 0``, otherwise the defaults: each rank decodes only its frames (inline, so
   its decode time is not inflated by sharing the cores with the step), the tower recomputes 2-frame chunks, features
   go by all-to-all-v to the rank holding their positions;
+- ``tower_layer_checkpoints``: ``new`` with ``--vision_chunk_frames 0``: the tower keeps per-layer checkpoints of
+  all the rank's frames instead of recomputing 2-frame chunks. ``new`` against it is the tower comparison;
 - ``new_ahead``: the defaults, with 2 loader threads decoding ahead. ``new`` against ``new_ahead`` is the
   data-loading comparison (``data_seconds``), and shows what loading ahead costs in host memory (on a CPU the
   prefetched pixels and the decoders' buffers are in the same resident set as the step).
@@ -47,6 +49,7 @@ from rank_runs import launcher, run_ranks, save_line_plot
 
 SYSTEMS = {
     "new": ["--dataloader_num_workers", "0"],
+    "tower_layer_checkpoints": ["--dataloader_num_workers", "0", "--vision_chunk_frames", "0"],
     "new_ahead": [],
 }
 TOKENS_PER_FRAME = 196  # mlp_downsample on a 27 x 27 SigLIP grid
@@ -128,7 +131,8 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def plot(summary: list[dict], path: Path, title: str) -> None:
     labels = {"old": "old (61def37): gather + per-layer tower checkpoints",
-              "new": "new: routed features + chunked tower", "new_ahead": "new, loading ahead in 2 threads"}
+              "new": "new: routed features + chunked tower", "new_ahead": "new, loading ahead in 2 threads",
+              "tower_layer_checkpoints": "new, tower with per-layer checkpoints"}
     series = {label: [(p["frames"], p["step_peak_gb"]) for p in summary if p["system"] == system]
               for system, label in labels.items()}
     save_line_plot(series, path, "video frames per sample", "step peak per rank (GB)", title)
@@ -148,7 +152,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per run; the last one is reported")
     parser.add_argument("--repeats", type=int, default=1, help="runs per (system, frames), systems interleaved")
     parser.add_argument("--max_seconds", type=float, default=1800.0, help="per run")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list of {', '.join(SYSTEMS)}")
+    parser.add_argument("--systems", default="new,new_ahead", help=f"comma list of {', '.join(SYSTEMS)}")
     args = parser.parse_args(argv)
     args.systems = args.systems.split(",")
     if not args.systems or set(args.systems) - set(SYSTEMS):
