@@ -34,6 +34,7 @@ PROBE_VISION_LAYERS = 2
 VIDEO_SYSTEMS = {
     "old": {"mmsp": "gather", "vision_chunk_frames": 0},
     "new": {"mmsp": "route", "vision_chunk_frames": 8},
+    "tower_layer_checkpoints": {"mmsp": "route", "vision_chunk_frames": 0},
 }
 """The long-video memory benchmark's systems that the device model predicts, as training choices (its flags are
 ``benchmarks/long_video_memory.py``'s ``SYSTEMS``; both run with ``--dataloader_num_workers 0``, decoding inline).
