@@ -183,26 +183,28 @@ class VILAModel(nn.Module):
         then ``split.num_dummy`` zero frames so every SP rank runs the same tower shapes.
 
         ``frames`` given: the loader already decoded only this rank's frames, as one tensor (used as it is when no
-        dummy is needed); otherwise ``media`` holds whole media and only the rank's slices are moved.
+        dummy is needed); otherwise ``media`` holds whole media and only the rank's slices are moved. The dtype is
+        the frame encoder's business (V-NIAH's cached features are looked up by frame numbers that bf16 would
+        round).
         """
-        vt_param = next(self.vision_tower.parameters())
+        device = next(self.vision_tower.parameters()).device
         if frames is None:
             pieces, offset = [], 0
             for medium in (m for sample in media for m in sample):
                 lo, hi = max(split.start - offset, 0), min(split.stop - offset, medium.shape[0])
                 if lo < hi:
-                    pieces.append(medium[lo:hi].to(vt_param.device, vt_param.dtype))
+                    pieces.append(medium[lo:hi].to(device))
                 offset += medium.shape[0]
         else:
-            pieces = [frames.to(vt_param.device, vt_param.dtype)] if frames.shape[0] else []
+            pieces = [frames.to(device)] if frames.shape[0] else []
         real = sum(p.shape[0] for p in pieces)
         if real != split.num_real:
             raise ValueError(f"this rank should encode {split.num_real} frames of {split.num_frames}, the batch "
                              f"holds {real}")
         size = self.vision_tower.config.image_size
-        frame_shape = pieces[0].shape[1:] if pieces else (3, size, size)
+        frame_shape, dtype = (pieces[0].shape[1:], pieces[0].dtype) if pieces else ((3, size, size), torch.float32)
         if split.num_dummy:
-            pieces.append(torch.zeros((split.num_dummy, *frame_shape), dtype=vt_param.dtype, device=vt_param.device))
+            pieces.append(torch.zeros((split.num_dummy, *frame_shape), dtype=dtype, device=device))
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     # ---------------------------------------------------------------- sequence

@@ -312,3 +312,17 @@ def test_chunked_tower_keeps_only_the_pixels(tiny, trains):
     model.vision_chunk_frames = 0
     if trains in ("all", "lora"):  # without chunks the tower keeps its activations, more than the pixels
         assert _saved_bytes(model, torch.randn(12, 3, 64, 64)) > saved[-1]
+
+
+def test_rank_frames_keep_their_dtype_for_the_encoder(tiny):
+    """The frames reach the frame encoder in their own dtype: V-NIAH's cached-feature placeholders number the
+    frames, and a bf16 model must not round frame 299 to 300 before the encoder looks it up."""
+    from longvila.distributed.mmsp import split_frames
+    from longvila.eval.vniah import frame_placeholder
+
+    model, _, _ = tiny
+    model.to(torch.bfloat16)
+    frames = model.rank_frames([[frame_placeholder(300)]], None, split_frames(300, 1, 2))
+    assert frames.dtype == torch.float32 and frames[:, 0, 0, 0].tolist() == list(range(150, 300))
+    padded = model.rank_frames([[frame_placeholder(5)]], None, split_frames(5, 1, 2))  # 2 real + 1 dummy frame
+    assert padded[:, 0, 0, 0].tolist() == [3.0, 4.0, 0.0]
