@@ -3,8 +3,8 @@
 ``--scoring teacher_forced`` (the PPL-based protocol of LongVA's V-NIAH)
     ONE teacher-forced forward over prompt + answer. The argmax of the logits that predict the answer tokens is
     decoded and compared with the answer after dropping all whitespace and lower-casing (:func:`is_correct`).
-    The forward is the model's own training forward (``build_sequence`` -> global label shift ->
-    ``sequence_sharder`` -> backbone); only ``model.loss_fn`` is swapped for :class:`ArgmaxAtTargets`, which
+    The forward is the model's own training forward (``build_layout`` -> global label shift ->
+    ``sequence_sharder`` -> ``embed_positions`` -> backbone); only ``model.loss_fn`` is swapped for :class:`ArgmaxAtTargets`, which
     takes the argmax at the supervised positions instead of a loss. Under sequence parallelism every rank holds
     its zigzag shard, so the per-position argmax (and NLL) are gathered with
     :func:`longvila.distributed.sharding.gather_sequence` back into global order.

@@ -1,19 +1,16 @@
-"""Media expansion, the part of ``VILAModel.build_sequence`` that turns placeholders into frame embeddings.
+"""Media expansion: how ``VILAModel`` turns placeholders into frame positions, as integers.
 
-Split from the model so each step reads on its own: :func:`check_media` validates a batch before any compute,
-:func:`expand_row` replaces one sample's placeholders by its frames' features (``<image>``: the frame's T tokens;
-``<video>``: per frame, T tokens then the "\\n" embedding; expanded positions are ignored by the loss and continue
-their document's positions), and :func:`right_pad` stacks the rows with padding as a document of its own.
-
-:func:`layout_row` is the same expansion without any floating-point tensor: each position gets a token id (text and
-the per-frame newline) or the row of a frame feature it will hold (``frame * tokens_per_frame + token``). Sequence
-parallel training shards that integer layout and embeds only the rank's own positions, so no rank ever holds the
-whole (S x H) sequence (``longvila/distributed/media_routing.py`` brings each feature row to its position).
+Split from the model so each step reads on its own: :func:`check_media` (or :func:`check_frame_counts`, when a
+loader gives frame counts) validates a batch before any compute; :func:`layout_row` expands one sample: each
+position gets a token id (text and the per-frame newline) or the row of the frame feature it will hold
+(``frame * tokens_per_frame + token``; ``<image>``: the frame's T tokens; ``<video>``: per frame, T tokens then
+the "\\n" token), expanded positions are ignored by the loss and continue their document's positions; and
+:func:`right_pad` stacks the rows with padding as a document of its own. Sequence-parallel training shards that
+integer layout and embeds only the rank's own positions, so no rank ever holds the whole (S x H) sequence
+(``longvila/distributed/media_routing.py`` brings each feature row to its position); generation embeds it whole.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 import torch
 
@@ -72,46 +69,13 @@ def check_frame_counts(input_ids: torch.Tensor, attention_mask: torch.Tensor | N
     return attention_mask
 
 
-def expand_row(tokens: torch.Tensor, embeds: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None,
-               features: Iterator[torch.Tensor], newline: torch.Tensor, image_id: int, video_id: int
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One sample's real tokens -> (embeddings (n, H), labels (n,), positions (n,)) with every placeholder
-    replaced by the next entry of ``features`` ((T, tokens, H)); ``newline`` is the (1, H) "\\n" embedding."""
-    device = embeds.device
-    placeholders = ((tokens == image_id) | (tokens == video_id)).nonzero().squeeze(1).tolist()
-    chunks_e, chunks_l, chunks_p, prev = [], [], [], 0
-    for p in placeholders:
-        chunks_e.append(embeds[prev:p])
-        chunks_l.append(labels[prev:p])
-        feats = next(features)
-        if int(tokens[p]) == video_id:
-            feats = torch.cat([feats, newline.expand(feats.shape[0], 1, -1)], dim=1)
-        flat = feats.reshape(-1, feats.shape[-1])
-        chunks_e.append(flat)
-        chunks_l.append(labels.new_full((flat.shape[0],), IGNORE_INDEX))
-        if positions is not None:
-            chunks_p.append(positions[prev:p])
-            chunks_p.append(positions[p] + torch.arange(flat.shape[0], device=device))
-        prev = p + 1
-    chunks_e.append(embeds[prev:])
-    chunks_l.append(labels[prev:])
-    seq_e, seq_l = torch.cat(chunks_e), torch.cat(chunks_l)
-    if positions is None:
-        return seq_e, seq_l, torch.arange(seq_e.shape[0], device=device)
-    if not placeholders:
-        return seq_e, seq_l, positions
-    chunks_p.append(positions[prev:])
-    return seq_e, seq_l, renumber_documents(torch.cat(chunks_p))
-
-
 def layout_row(tokens: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None, frame_counts: list[int],
                first_frame: int, tokens_per_frame: int, ids) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                           torch.Tensor]:
     """One sample's real tokens -> (token ids, feature rows, labels, positions), all (n,) integer.
 
-    Matches :func:`expand_row` position for position: a placeholder with ``frame_counts[k]`` frames becomes, per
-    frame, ``tokens_per_frame`` feature positions (their feature row; token id 0) and for a video the newline
-    token. Frames are numbered over the whole batch from ``first_frame``. Text positions have feature row -1.
+    A placeholder with ``frame_counts[k]`` frames becomes, per frame, ``tokens_per_frame`` feature positions (their
+    feature row; token id 0) and for a video the newline token. Frames are numbered over the whole batch from ``first_frame``. Text positions have feature row -1.
     """
     device = tokens.device
     placeholders = ((tokens == ids.image) | (tokens == ids.video)).nonzero().squeeze(1).tolist()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 from torch import nn
@@ -23,8 +24,7 @@ from torch import nn
 from longvila.constants import IGNORE_INDEX, IMAGE_TOKEN
 from longvila.data.template import video_token_id
 from longvila.model.loss import LossOutput, chunked_cross_entropy_sum, shift_labels
-from longvila.model.media_expansion import (check_frame_counts, check_media, expand_row, layout_row, right_pad,
-                                            right_pad_rows)
+from longvila.model.media_expansion import check_frame_counts, check_media, layout_row, right_pad, right_pad_rows
 from longvila.model.tokenizer import newline_token_id, single_token_id
 
 DEFAULT_VILA_CONFIG = {
@@ -153,19 +153,16 @@ class VILAModel(nn.Module):
         """
         if frames.dim() != 4:
             raise ValueError(f"frames must be (N, 3, H, W), got shape {tuple(frames.shape)}")
-        chunk = self.vision_chunk_frames
-        if not chunk or frames.shape[0] <= chunk and not self._recompute_tower():
+        if not self.vision_chunk_frames:
             return self._encode_chunk(frames)
-        if not self._recompute_tower():
-            return torch.cat([self._encode_chunk(part) for part in frames.split(chunk)])
-        from torch.utils.checkpoint import checkpoint
+        encode = self._encode_chunk
+        if torch.is_grad_enabled() and any(p.requires_grad for part in (self.vision_tower, self.mm_projector)
+                                           for p in part.parameters()):
+            from torch.utils.checkpoint import checkpoint
 
-        return torch.cat([checkpoint(self._encode_chunk, part, use_reentrant=False) for part in frames.split(chunk)])
-
-    def _recompute_tower(self) -> bool:
-        parts = (self.vision_tower, self.mm_projector)
-        return bool(self.vision_chunk_frames) and torch.is_grad_enabled() and any(
-            p.requires_grad for part in parts for p in part.parameters())
+            encode = partial(checkpoint, self._encode_chunk, use_reentrant=False)
+        features = [encode(part) for part in frames.split(self.vision_chunk_frames)]
+        return features[0] if len(features) == 1 else torch.cat(features)
 
     def _encode_chunk(self, frames: torch.Tensor) -> torch.Tensor:
         vt_param = next(self.vision_tower.parameters())
@@ -211,29 +208,11 @@ class VILAModel(nn.Module):
     def build_sequence(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None,
                        media: list[list[torch.Tensor]] | None = None,
                        position_ids: torch.Tensor | None = None) -> SequenceInputs:
-        """Expand every placeholder into its frames' embeddings and right-pad the batch
-        (``longvila/model/media_expansion.py``). All frames of the batch go through ONE ``frame_encoder`` call."""
-        ids = self.tokenizer_ids
-        attention_mask, media, is_placeholder = check_media(input_ids, labels, attention_mask, media, position_ids,
-                                                            ids.image, ids.video)
-        device = input_ids.device
-        embed = self.llm.get_input_embeddings()
-        # Placeholders are never embedded: VILA adds them to the tokenizer without resizing the embedding, so
-        # their ids may lie past the table. Look up id 0 instead; those rows are replaced by media features below.
-        text_embeds = embed(input_ids.masked_fill(is_placeholder, 0))
-        flat_media = [m for sample in media for m in sample]
-        features: list[torch.Tensor] = []
-        if flat_media:
-            frame_feats = self.frame_encoder(torch.cat([m.to(device) for m in flat_media]))
-            features = list(torch.split(frame_feats.to(text_embeds.dtype), [m.shape[0] for m in flat_media]))
-        newline = embed(torch.tensor([ids.newline], device=device))  # (1, H)
-        feature_iter, rows = iter(features), []
-        for b in range(input_ids.shape[0]):
-            keep = attention_mask[b].nonzero().squeeze(1)
-            rows.append(expand_row(input_ids[b, keep], text_embeds[b, keep], labels[b, keep],
-                                   position_ids[b, keep] if position_ids is not None else None, feature_iter,
-                                   newline, ids.image, ids.video))
-        return SequenceInputs(*right_pad(*(list(column) for column in zip(*rows))))
+        """The whole expanded, right-padded sequence embedded on this process (generation and full logits): the
+        training layout (:meth:`build_layout`) with every position embedded, all frames of the batch in ONE
+        ``frame_encoder`` call."""
+        seq = self.build_layout(input_ids, labels, attention_mask, media, position_ids)
+        return replace(seq, inputs_embeds=self.embed_positions(seq, media), token_ids=None, feature_rows=None)
 
     def build_layout(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None,
                      media: list[list[torch.Tensor]] | None, position_ids: torch.Tensor | None = None,
@@ -266,7 +245,7 @@ class VILAModel(nn.Module):
         from longvila.distributed.media_routing import plan_local, route_features
 
         embeds = self.llm.get_input_embeddings()(seq.token_ids)
-        if seq.feature_rows is None:
+        if seq.feature_rows is None or not seq.num_frames:
             return embeds
         routes = seq.media_routes or plan_local(seq.feature_rows, seq.num_frames)
         features = self.frame_encoder(self.rank_frames(media, frames, routes.frames))[:routes.frames.num_real]

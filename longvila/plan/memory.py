@@ -42,7 +42,7 @@ SigLIP-so400m's 27; none of a one-layer probe's, ``ModelShape.vision_layers_run`
   embedding's saved input, or each chunk's checkpointed input, is a view of it). ``route``: the loader decodes only
   the rank's ceil(N*B / SP) frames into one tensor, which is the tower's input as it is: one copy (two when dummy
   frames pad the share and are concatenated on). ``gather``: every rank decodes every frame of the batch and
-  ``build_sequence`` concatenates them before the encoder takes its slice: two copies of every frame on every rank
+  the old path's ``build_sequence`` (longvila at 61def37) concatenated them before the encoder took its slice: two copies of every frame on every rank
   (plus the rank's share again when dummy frames pad it). On a CPU the batch is in the same resident set as the
   step, so the same copies count there.
 - **vision tower, held** (``vision_tower_gib``): chunked (``--vision_chunk_frames``), nothing beyond each chunk's
@@ -283,7 +283,7 @@ def _video_pixels(shape: ModelShape, layout: Layout, workload: Workload, choices
                   act: int) -> float:
     """In the training dtype: ``route``, the rank's frames once (the loader's one tensor is the tower's input), twice
     when dummy frames pad the share (``rank_frames`` cats them on); ``gather``, every frame of the batch twice (the
-    batch and ``build_sequence``'s ``cat``), plus the rank's share again when dummy frames pad it."""
+    batch and the old path's ``build_sequence`` ``cat``), plus the rank's share again when dummy frames pad it."""
     if not workload.frames:
         return 0.0
     own = _rank_frames(layout, workload, choices)

@@ -1,26 +1,28 @@
 """Media expansion on its own: placeholders become frames (+ newline for video), positions continue per document."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from longvila.constants import IGNORE_INDEX
-from longvila.model.media_expansion import check_media, expand_row, renumber_documents, right_pad
+from longvila.model.media_expansion import check_media, layout_row, renumber_documents, right_pad
 
-IMAGE, VIDEO = 3, 4
+IMAGE, VIDEO, NEWLINE = 3, 4, 5
 
 
-def test_expand_row_replaces_each_placeholder_and_continues_positions():
+def test_layout_row_replaces_each_placeholder_and_continues_positions():
     tokens = torch.tensor([7, IMAGE, 8, VIDEO, 9])
-    embeds = torch.arange(5.0)[:, None].expand(5, 2).clone()
     labels = torch.tensor([IGNORE_INDEX, IGNORE_INDEX, 8, IGNORE_INDEX, 9])
-    image = torch.full((1, 2, 2), 10.0)  # 1 frame x 2 tokens
-    video = torch.full((2, 1, 2), 20.0)  # 2 frames x 1 token, each followed by the newline
-    newline = torch.full((1, 2), -1.0)
-    e, lab, pos = expand_row(tokens, embeds, labels, torch.tensor([0, 1, 2, 0, 1]), iter([image, video]), newline,
-                             IMAGE, VIDEO)
-    assert e[:, 0].tolist() == [0, 10, 10, 2, 20, -1, 20, -1, 4]
-    assert lab.tolist() == [IGNORE_INDEX] * 3 + [8] + [IGNORE_INDEX] * 4 + [9]
-    assert pos.tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 4]  # second document starts at the video placeholder
+    ids = SimpleNamespace(image=IMAGE, video=VIDEO, newline=NEWLINE)
+    # the image is batch frame 5 (2 tokens: feature rows 10, 11); the video frames 6 and 7, each followed by "\n"
+    token_ids, rows, lab, pos = layout_row(tokens, labels, torch.tensor([0, 1, 2, 0, 1]), [1, 2], 5, 2, ids)
+    assert token_ids.tolist() == [7, 0, 0, 8, 0, 0, NEWLINE, 0, 0, NEWLINE, 9]
+    assert rows.tolist() == [-1, 10, 11, -1, 12, 13, -1, 14, 15, -1, -1]
+    assert lab.tolist() == [IGNORE_INDEX] * 3 + [8] + [IGNORE_INDEX] * 6 + [9]
+    assert pos.tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 6]  # second document starts at the video placeholder
+    with pytest.raises(ValueError, match="2 media placeholders but 1 media entries"):
+        layout_row(tokens, labels, None, [1], 0, 2, ids)
 
 
 def test_check_media_rejects_mismatched_media_in_one_line():
