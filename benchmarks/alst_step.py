@@ -39,6 +39,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--untiled", action="store_true", help="Ulysses only: no TiledMLP, no tiled loss")
+    parser.add_argument("--loss_shard_rows", type=int, default=0, help="rows per TiledFusedLogitsLoss shard (0: ALST's "
+                        "default, ~1 GiB of fp32 logits per shard); benchmarks/alst_compare.py sets our loss chunk here")
     return parser.parse_args()
 
 
@@ -61,8 +63,9 @@ def patch_tiled_mlp() -> None:
     modeling_qwen2.Qwen2MLP.forward = tiled_forward
 
 
-def tiled_scaled_loss(lm_head, hidden, shift_labels, scale: float, tied: bool):
-    """``scale`` x (sum of token CE) through TiledFusedLogitsLoss, with ALST's ~1 GiB shards of fp32 logits.
+def tiled_scaled_loss(lm_head, hidden, shift_labels, scale: float, tied: bool, shard_rows: int = 0):
+    """``scale`` x (sum of token CE) through TiledFusedLogitsLoss, with ALST's ~1 GiB shards of fp32 logits
+    (``shard_rows`` > 0: shards of that many rows instead).
 
     The scale goes inside the shard function: TiledFusedLogitsLoss runs each shard's backward during its forward
     with an incoming gradient of 1, so the LM-head weight gradient never sees a factor applied to its output later
@@ -78,7 +81,8 @@ def tiled_scaled_loss(lm_head, hidden, shift_labels, scale: float, tied: bool):
         logits = head(x).float()
         return F.cross_entropy(logits.view(-1, vocab), y.reshape(-1), ignore_index=-100, reduction="sum") * scale
 
-    shards = max(1, math.ceil(hidden.shape[0] * hidden.shape[1] * vocab * 4 / 2**30))
+    rows = hidden.shape[0] * hidden.shape[1]
+    shards = math.ceil(rows / shard_rows) if shard_rows > 0 else max(1, math.ceil(rows * vocab * 4 / 2**30))
     weight = lm_head.weight
     if not tied:
         return TiledFusedLogitsLoss.apply(loss_fn, lm_head, hidden, shift_labels, None, shards, [weight], "sum")
@@ -168,7 +172,8 @@ def main() -> None:
         else:
             hidden = engine.module.model(input_ids=batch["input_ids"],
                                          position_ids=batch["position_ids"]).last_hidden_state
-            loss = tiled_scaled_loss(engine.module.lm_head, hidden, labels, scale, model.config.tie_word_embeddings)
+            loss = tiled_scaled_loss(engine.module.lm_head, hidden, labels, scale, model.config.tie_word_embeddings,
+                                     args.loss_shard_rows)
         loss_sum = loss.detach() / scale
         dist.all_reduce(loss_sum)
         engine.backward(loss)
