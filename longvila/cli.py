@@ -46,22 +46,85 @@ def without_flags(argv: list[str], names: tuple[str, ...]) -> list[str]:
     return out
 
 
+DATA_FLAGS = ("--data_path", "--data_mixture", "--media_root")
+"""Flags that name a stage's data: the stages read different kinds (captions, QA, long text, videos), so in a
+pipeline each value names its stage (``--data_path s1=captions.json,s4=long.jsonl``)."""
+STAGE_ALIASES = {name.split("_", 1)[0]: name for name in STAGES}  # s1 -> s1_align
+
+
+def flag_values(argv: list[str], flag: str) -> list[str]:
+    """Every value given to ``flag`` in ``argv`` (``--flag value`` or ``--flag=value``)."""
+    values = []
+    for index, token in enumerate(argv):
+        if token == flag and index + 1 < len(argv):
+            values.append(argv[index + 1])
+        elif token.startswith(flag + "="):
+            values.append(token[len(flag) + 1:])
+    return values
+
+
+def split_per_stage(flag: str, value: str, stages: tuple[str, ...]) -> dict[str, str]:
+    """``s1=a.json,s3_sft=b.json,c.json`` -> {s1_align: a.json, s3_sft: b.json,c.json} (an unkeyed item joins the
+    comma list of the stage before it). A value without stage keys is taken only by a one-stage pipeline."""
+    per_stage: dict[str, str] = {}
+    current = None
+    for item in value.split(","):
+        key, keyed, rest = item.partition("=")
+        name = STAGE_ALIASES.get(key, key) if keyed else None
+        if name in STAGES:
+            if name not in stages:
+                raise ConfigError(f"{flag}: {key}= names a stage this pipeline does not run ({', '.join(stages)})")
+            if name in per_stage:
+                raise ConfigError(f"{flag}: {name} is given twice")
+            current, per_stage[name] = name, rest
+        elif current is not None:
+            per_stage[current] += "," + item
+        elif len(stages) == 1:
+            return {stages[0]: value}
+        else:
+            raise ConfigError(f"{flag} {value}: the stages read different data, so name the stage of each file, "
+                              f"e.g. {flag} s1=captions.json,s4=long_text.jsonl (a stage without one trains on "
+                              "the embedded synthetic data)")
+    return per_stage
+
+
+def stage_data_flags(extra: list[str], stages: tuple[str, ...]) -> dict[str, list[str]]:
+    """Each stage's own data flags, decided before stage 1 runs so a bad value costs nothing."""
+    flags: dict[str, list[str]] = {name: [] for name in stages}
+    for flag in DATA_FLAGS:
+        values = flag_values(extra, flag)
+        if len(values) > 1:
+            raise ConfigError(f"{flag} is given {len(values)} times; give it once, per stage: "
+                              f"{flag} s1=a.json,s3=b.json")
+        for name, value in (split_per_stage(flag, values[0], stages) if values else {}).items():
+            flags[name] += [flag, value]
+    return flags
+
+
 def run_pipeline(output_dir: Path, extra: list[str], stages: tuple[str, ...] = STAGES,
                  init_from: Optional[str] = None) -> list[dict]:
     """Run the stages in order, each starting from the previous stage's saved checkpoint.
 
     The first stage may start from pretrained parts (``--model_name_or_path`` ...); those flags go to it alone.
+    Data flags go to the stage they name (``stage_data_flags``). An error a stage raises names the stage.
     """
+    from longvila.console import user_error_types
     from longvila.stages.common import run_stage
 
+    data = stage_data_flags(extra, stages)
+    shared = without_flags(extra, DATA_FLAGS)
     summary, previous = [], init_from
     for name in stages:
-        stage_extra = extra if name == stages[0] else without_flags(extra, START_FLAGS)
-        argv = ["--output_dir", str(output_dir / name), *stage_extra]
+        stage_extra = shared if name == stages[0] else without_flags(shared, START_FLAGS)
+        argv = ["--output_dir", str(output_dir / name), *stage_extra, *data[name]]
         if previous:
             argv += ["--init_from", previous]
         started = time.perf_counter()
-        run = run_stage(stage_spec(name), argv)
+        try:
+            run = run_stage(stage_spec(name), argv)
+        except user_error_types() as error:
+            error.args = (f"stage {name}: {error}",)
+            raise
         losses = [record["loss"] for record in run.history]
         summary.append({
             "stage": name, "steps": len(losses), "first_loss": losses[0] if losses else float("nan"),

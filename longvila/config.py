@@ -106,8 +106,10 @@ class TrainArguments:
     logging_steps: int = 1
     save_steps: int = flag(0, "Save a resumable checkpoint every N steps (0: never).")
     save_total_limit: Optional[int] = flag(2, "Resumable checkpoints kept.")
-    resume_from_checkpoint: Optional[str] = flag(None, "A checkpoint folder, or 'latest' for the newest complete one "
-                                                 "under output_dir; it may come from another world size or SP layout.")
+    resume_from_checkpoint: Optional[str] = flag(None, "A checkpoint folder; 'latest' for the newest complete one "
+                                                 "under output_dir (an error if there is none); 'auto' for the same "
+                                                 "if there is one, else a fresh start (requeued jobs). It may come "
+                                                 "from another world size or SP layout.")
     log_sample_ids: bool = flag(False, "Write the dataset indices each step trained on and skipped to "
                                 "<output_dir>/sample_ids/dp<rank>.jsonl.")
     zero3_load: str = flag("auto", "ZeRO-3 only: partitioned (weights scattered while loading) | direct (loaded whole, "

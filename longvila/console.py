@@ -2,12 +2,14 @@
 
 A user's mistake or a stop the run decided on must read as one line on stderr with an exit code, never as a
 traceback: configuration and bad requests exit 2 (nothing was computed), bad data, unreadable media and stopped
-training exit 1. Every other exception is a bug and keeps its traceback.
+training exit 1. Every other exception is a bug and keeps its traceback. A configuration error is the same on every
+rank of a launch, so only rank 0 prints it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -36,12 +38,26 @@ def _one_line_errors() -> tuple[tuple[type, str, int], ...]:
             (MediaError, "media error", 1), (TrainingError, "training stopped", 1))
 
 
+def user_error_types() -> tuple[type, ...]:
+    """The exception classes that reach the user as one line (the pipeline names its stage in them)."""
+    return tuple(cls for cls, _, _ in _one_line_errors())
+
+
 def run_console(prog: str, run: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> Any:
     """``run(argv)`` with the user-facing errors turned into ``<prog>: <label>: <message>`` and an exit code."""
     rules = _one_line_errors()
     try:
         return run(list(sys.argv[1:] if argv is None else argv))
-    except tuple(cls for cls, _, _ in rules) as error:
+    except user_error_types() as error:
         label, code = next((label, code) for cls, label, code in rules if isinstance(error, cls))
-        print(f"{prog}: {label}: {error}", file=sys.stderr)
+        if code != 2 or _launched_rank() == 0:  # every rank reaches the same configuration error: say it once
+            print(f"{prog}: {label}: {error}", file=sys.stderr)
         sys.exit(code)
+
+
+def _launched_rank() -> int:
+    """This process's rank as the launcher announced it (torchrun's RANK; 0 without a launcher)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0

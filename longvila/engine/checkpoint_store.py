@@ -22,6 +22,7 @@ from typing import Optional
 
 logger = logging.getLogger("longvila")
 
+CHECKPOINT_DIR = "checkpoints"  # under a stage's output_dir
 MARKER = "checkpoint.json"
 TRAINER_STATE = "trainer_state_rank{rank}.pt"  # per rank: data position, skip counts, RNG
 STAGING_PREFIX = ".tmp-"
@@ -121,8 +122,27 @@ def latest_complete(root: Path) -> Checkpoint:
         logger.warning("checkpoint %s is incomplete (%s); skipped and left for inspection", bad.path.name,
                        bad.problem)
     if newest is None:
-        raise CheckpointError(f"--resume_from_checkpoint latest: no complete checkpoint under {root}")
+        raise CheckpointError(f"--resume_from_checkpoint latest: no complete checkpoint under {root} "
+                              "(--resume_from_checkpoint auto starts fresh when there is none)")
     return newest
+
+
+def resolve_resume_request(spec: str | None, root: Path) -> Checkpoint | None:
+    """What ``--resume_from_checkpoint`` asks for, decided from the folders alone (so before any weights load).
+
+    ``auto`` is for jobs that a cluster requeues with the same command: the newest complete checkpoint under
+    ``root`` if there is one, else a fresh start (``None``), and the log says which. ``latest`` with nothing to
+    resume, or a folder that is not a complete checkpoint, is an error; no value means a fresh start."""
+    if spec is None:
+        return None
+    if spec == "auto":
+        if not any(c.complete for c in list_checkpoints(root)):
+            logger.info("--resume_from_checkpoint auto: no complete checkpoint under %s; starting fresh", root)
+            return None
+        checkpoint = latest_complete(root)
+        logger.info("--resume_from_checkpoint auto: resuming from %s (step %d)", checkpoint.path, checkpoint.step)
+        return checkpoint
+    return resolve_checkpoint(spec, root)
 
 
 def resolve_checkpoint(spec: str, root: Path) -> Checkpoint:

@@ -41,7 +41,7 @@ from longvila.engine.step_metrics import StepReductions
 
 logger = logging.getLogger("longvila")
 
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = store.CHECKPOINT_DIR
 
 
 def move_to_device(batch: dict[str, Any], device: torch.device, float_dtype: torch.dtype) -> dict[str, Any]:
@@ -135,8 +135,7 @@ class Trainer:
             micro_batch=train.per_device_train_batch_size, grad_accum=train.gradient_accumulation_steps,
             zero_stage=zero_stage(self.ds_config))
         # resolved before the engine exists: a checkpoint of another layout needs an engine that loads universally
-        self.resume = (store.resolve_checkpoint(train.resume_from_checkpoint, self._checkpoint_root())
-                       if train.resume_from_checkpoint else None)
+        self.resume = store.resolve_resume_request(train.resume_from_checkpoint, self._checkpoint_root())
         if self.resume is not None and not self.resume.layout.same_sharding(self.layout):
             from longvila.engine.reshard import check_reshardable
 

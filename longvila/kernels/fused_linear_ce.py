@@ -78,20 +78,21 @@ def _ce_chunk_torch(logits, labels, grad):
     return loss
 
 
-_NO_FP32_OUT = (RuntimeError, TypeError, NotImplementedError)  # a torch without the out_dtype GEMM overloads
+def fp32_output_gemm(a: torch.Tensor) -> bool:
+    """Whether ``a``'s GEMMs can write fp32 directly (cuBLAS' fp32 C from 16-bit A/B: no bf16 rounding of the
+    logits, no fp32 temporary): 16-bit CUDA tensors on a torch with the ``out_dtype`` overloads of mm and addmm
+    (torch 2.8+; CPU has none). Decided from the op schema, not by trying the call: a try/except around it also
+    caught ``torch.OutOfMemoryError`` (a RuntimeError) and silently fell back to the path that allocates more."""
+    return (a.is_cuda and a.dtype in (torch.bfloat16, torch.float16) and "dtype" in torch.ops.aten.mm.overloads()
+            and "dtype_out" in torch.ops.aten.addmm.overloads())
 
 
 def _mm_fp32(a, b):
-    """a @ b with an fp32 result; 16-bit inputs on CUDA use cuBLAS' fp32 output (no bf16 rounding) where torch has
-    the ``out_dtype`` overload. Nothing is remembered between calls: on a torch without it, the failed attempt
-    costs microseconds next to the chunk's GEMM."""
+    """a @ b with an fp32 result (fp32 inputs: the plain GEMM)."""
     if a.dtype == torch.float32:
         return a @ b
-    if a.is_cuda:
-        try:
-            return torch.mm(a, b, out_dtype=torch.float32)
-        except _NO_FP32_OUT:
-            pass
+    if fp32_output_gemm(a):
+        return torch.mm(a, b, out_dtype=torch.float32)
     return (a @ b).float()
 
 
@@ -99,11 +100,8 @@ def _addmm_fp32_(acc, a, b):
     """acc += a @ b with acc fp32: in place in cuBLAS (fp32 C, 16-bit A/B) where available, no V x H temporary."""
     if a.dtype == torch.float32:
         return acc.addmm_(a, b)
-    if a.is_cuda:
-        try:
-            return torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
-        except _NO_FP32_OUT:
-            pass
+    if fp32_output_gemm(a):
+        return torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
     return acc.add_((a @ b).float())
 
 

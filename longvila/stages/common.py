@@ -154,6 +154,19 @@ def _check_fused_kernels(args: StageArguments, env) -> None:
         raise ConfigError(str(error)) from error
 
 
+def _preflight(args: StageArguments, sp, env) -> None:
+    """What configs and folders decide, before the weights load (``longvila/stages/preflight.py``). The resume
+    request is settled here once: the trainer then resumes from exactly the folder named (or starts fresh)."""
+    from longvila.runtime import embedded_default
+    from longvila.stages.preflight import check_sequence_parallel_heads, resolve_resume
+
+    checkpoint = resolve_resume(args)
+    args.train.resume_from_checkpoint = str(checkpoint.path) if checkpoint is not None else None
+    if sp.enabled:
+        uses_default = args.model.init_from is None and args.model.model_name_or_path is None
+        check_sequence_parallel_heads(args, sp, embedded_default(env) if uses_default else Path())
+
+
 def load_start_model(spec: StageSpec, args: StageArguments, env, ds_config: dict):
     """The model a stage starts from, loaded once, straight in the training dtype, partitioned under ZeRO-3.
 
@@ -237,6 +250,7 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
     except ValueError as error:
         raise ConfigError(str(error)) from error
     setup_logging(env.rank)
+    _preflight(args, sp, env)
     _check_fused_kernels(args, env)
     set_seed(args.train.seed)
     ds_config = build_deepspeed_config(args.train, env.world_size, uses_bf16(args.train, env.device))

@@ -102,3 +102,32 @@ def test_rejects_bad_labels_and_shapes(make):
         cross_entropy_sum(make(4, 8), make(10, 8), torch.tensor([1, 2, 3], device=make.device))
     with pytest.raises(ValueError, match="does not match weight"):
         cross_entropy_sum(make(4, 8), make(10, 9), torch.tensor([1, 2, 3, 4], device=make.device))
+
+
+def test_out_of_memory_in_the_fp32_output_gemm_propagates(monkeypatch):
+    """The fp32-output GEMM is chosen from the op schema; an OOM inside it must reach the caller, not fall back
+    silently to the path that allocates a second, fp32 copy of every logits chunk (about 3 GB more at real
+    shapes). A tensor that reports CUDA stands in for a GPU; the patched torch.mm runs out of memory there."""
+    import longvila.kernels.fused_linear_ce as ce
+
+    class ReportsCuda(torch.Tensor):
+        @property
+        def is_cuda(self):
+            return True
+
+    real_mm = torch.mm
+
+    def mm(a, b, **kwargs):
+        if "out_dtype" in kwargs:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_mm(a, b)
+
+    monkeypatch.setattr(torch, "mm", mm)
+    a = torch.Tensor._make_subclass(ReportsCuda, torch.randn(4, 8, dtype=torch.bfloat16))
+    b = torch.randn(8, 3, dtype=torch.bfloat16)
+    assert ce.fp32_output_gemm(a) == ("dtype" in torch.ops.aten.mm.overloads())
+    if not ce.fp32_output_gemm(a):
+        pytest.skip("this torch has no out_dtype GEMM overloads")
+    with pytest.raises(torch.OutOfMemoryError):
+        ce._mm_fp32(a, b)
+    assert not ce.fp32_output_gemm(torch.randn(4, 8, dtype=torch.bfloat16)), "CPU tensors have no such GEMM"
