@@ -122,18 +122,66 @@ def test_hf_hook_without_sp_derives_documents_from_position_ids():
         sp_fn(torch.nn.Module(), q, q, q, None, position_ids=pos)
 
 
-def _triton_blocks(rank, world):
-    # CPU ranks inherit the session's TRITON_INTERPRET=1 (they are spawned from it), so the kernels are interpreted.
+class _TritonBlocksOnCuda:
+    """The Triton block backend run compiled on this machine's GPU for ranks whose tensors live on CPU.
+
+    Each block forward/backward and each LSE merge moves its inputs to the GPU, runs the compiled kernels there and
+    moves the results back, so the ring / Ulysses / 2D code and its gloo exchanges run unchanged on CPU tensors.
+    The exchanges cannot move to the GPU on a one-GPU machine: gloo's send/recv take host memory, and NCCL refuses
+    several ranks on one device.
+    """
+
+    name = "triton"
+
+    def __init__(self) -> None:
+        from longvila.distributed.block_attention import get_block_backend
+
+        self.inner = get_block_backend("triton")
+        self.calls = 0
+
+    def _on_gpu(self, fn, *args, **kwargs):
+        def gpu(t):
+            return t.cuda() if isinstance(t, torch.Tensor) else t
+
+        self.calls += 1
+        result = fn(*(gpu(a) for a in args), **{k: gpu(v) for k, v in kwargs.items()})
+        assert all(t is None or t.is_cuda for t in result)
+        return tuple(None if t is None else t.cpu() for t in result)
+
+    def merge(self, out1, lse1, out2, lse2):
+        return self._on_gpu(self.inner.merge, out1, lse1, out2, lse2)
+
+    def forward(self, q, k, v, **kwargs):
+        return self._on_gpu(self.inner.forward, q, k, v, **kwargs)
+
+    def backward(self, dout, q, k, v, out, lse, **kwargs):
+        return self._on_gpu(self.inner.backward, dout, q, k, v, out, lse, **kwargs)
+
+
+def _triton_blocks(rank, world, compiled):
+    # Interpreter mode: CPU ranks inherit the session's TRITON_INTERPRET=1 (they are spawned from it), so the kernels
+    # are interpreted. Compiled mode: the blocks run on the GPU (_TritonBlocksOnCuda).
+    backend = _TritonBlocksOnCuda() if compiled else "triton"
     for mode in ("zigzag_ring4", "2d_ring2_ulysses2", "ulysses4"):
-        check_case(MODES[mode], Case(hq=4, hkv=2, length=30, packed=True, dtype=torch.float32, backend="triton"), 1)
-        check_case(MODES[mode], Case(hq=4, hkv=1, length=33, dtype=torch.float32, backend="triton"), 2)
-    return True
+        check_case(MODES[mode], Case(hq=4, hkv=2, length=30, packed=True, dtype=torch.float32, backend=backend), 1)
+        check_case(MODES[mode], Case(hq=4, hkv=1, length=33, dtype=torch.float32, backend=backend), 2)
+    return backend.calls if compiled else None
 
 
-@pytest.mark.triton
-@pytest.mark.skipif(not interpreting(), reason="the gloo ranks run on CPU tensors, so the Triton kernels need the "
-                    "interpreter session (TRITON_INTERPRET=1 pytest -m triton)")
-def test_sp_attention_with_triton_blocks(world4):
-    """The Triton blocks plugged into ring / 2D / Ulysses, the ring steps merged by the Triton LSE kernel (about 25 s
-    in the interpreter)."""
-    world4.run(_triton_blocks, timeout=500)
+TRITON_MODES = [
+    pytest.param(False, id="interpreter", marks=[pytest.mark.triton, pytest.mark.skipif(
+        not interpreting(), reason="the gloo ranks run on CPU tensors, so the Triton kernels need the interpreter "
+        "session (TRITON_INTERPRET=1 pytest -m triton)")]),
+    pytest.param(True, id="compiled", marks=[pytest.mark.triton, pytest.mark.gpu, pytest.mark.skipif(
+        interpreting() or not torch.cuda.is_available(),
+        reason="compiled Triton kernels need a CUDA device and a session without TRITON_INTERPRET=1")]),
+]
+
+
+@pytest.mark.parametrize("compiled", TRITON_MODES)
+def test_sp_attention_with_triton_blocks(world4, compiled):
+    """The Triton blocks plugged into ring / 2D / Ulysses, the ring steps merged by the Triton LSE kernel: in the
+    interpreter on CPU ranks (about 25 s), or compiled on a CUDA device (the ranks share it)."""
+    calls = world4.run(_triton_blocks, compiled, timeout=500)
+    if compiled:
+        assert all(n > 0 for n in calls), calls  # every rank ran blocks on the GPU
