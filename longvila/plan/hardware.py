@@ -8,7 +8,8 @@ command line. Sources:
 - Peak dense bf16 TFLOPS from the vendors' data sheets (H100/H200 SXM 989, A100 312).
 - ``dense_efficiency`` (0.55) is the share of peak a transformer's large GEMMs usually reach in training; it is an
   assumption. ``attention_efficiency`` (0.365) is our Triton flash attention's measured forward+backward on an H100
-  (361 of 989 TFLOPS at 16K tokens, ``benchmarks/RESULTS.md``).
+  (361 of 989 TFLOPS at 16K tokens, ``benchmarks/RESULTS.md``), measured on commit 72910d6 on 2026-11-23, before
+  the kernels were rewritten on 2026-12-03, and not re-measured since.
 - NVLink per GPU and direction: 450 GB/s (H100/H200), 300 GB/s (A100); inter-node 50 GB/s per GPU (one 400 Gb/s
   NIC per GPU, the usual H100 cluster) and 25 GB/s for A100 clusters (200 Gb/s). ``link_efficiency`` (0.7) is the
   share collectives reach; host links (activation offload) 25 GB/s.
