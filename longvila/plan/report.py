@@ -66,8 +66,11 @@ def format_plan(result: Plan) -> str:
             chosen = chosen if chosen is not None and chosen.memory is not None else None
     if chosen is not None and chosen.memory is not None:
         unit = "GPU" if request.device.is_cuda else "rank"
-        lines += ["", f"layout     {chosen.layout.describe()}, {_describe_choices(chosen, video)}",
-                  *_breakdown(chosen, unit)]
+        lines += ["", f"layout     {chosen.layout.describe()}, {_describe_choices(chosen, video)}"]
+        untested = not_yet_run_on_gpu(result, chosen)
+        if untested:
+            lines.append(f"caution    not yet run on a GPU: {', '.join(untested)}")
+        lines += _breakdown(chosen, unit)
     if result.max_tokens:
         reach = f"{result.max_tokens:,} tokens" + (f" ({result.max_frames} frames)" if result.max_frames else "")
         lines.append(f"reach      the longest sample that fits this layout: {reach}")
@@ -82,6 +85,12 @@ def format_plan(result: Plan) -> str:
     if command:
         lines += ["", "command", f"  {command}"]
     return "\n".join(lines)
+
+
+def not_yet_run_on_gpu(result: Plan, candidate: Candidate) -> list[str]:
+    """The candidate's choices that have never run on a GPU (``longvila.plan.workload.NOT_YET_RUN_ON_GPU``), as
+    flags; empty for a CPU plan, where they have."""
+    return list(candidate.choices.not_yet_run_on_gpu) if result.request.device.is_cuda else []
 
 
 def _ruled_out_layouts(result: Plan) -> list[tuple]:
@@ -120,8 +129,8 @@ def plan_json(result: Plan) -> dict:
         "peak_memory_gb": chosen.memory.peak_gib if chosen else None,
         "step_seconds": chosen.time.total_s if chosen else None,
         "command": result.command(),
-        "layout": _candidate_json(chosen) if chosen else None,
-        "requested": _candidate_json(result.best) if result.best is not None else None,
+        "layout": _candidate_json(chosen, result) if chosen else None,
+        "requested": _candidate_json(result.best, result) if result.best is not None else None,
         "max_tokens": result.max_tokens,
         "max_frames": result.max_frames,
         "tokens": result.workload.tokens,
@@ -135,7 +144,7 @@ def plan_json(result: Plan) -> dict:
     }
 
 
-def _candidate_json(candidate: Candidate) -> dict:
+def _candidate_json(candidate: Candidate, result: Plan) -> dict:
     return {
         "seq_parallel_size": candidate.layout.sp, "seq_parallel_ring_size": candidate.layout.ring,
         "ulysses": candidate.layout.ulysses, "dp": candidate.layout.dp, "gpus": candidate.layout.gpus,
@@ -145,4 +154,5 @@ def _candidate_json(candidate: Candidate) -> dict:
         "memory_gib": candidate.memory.as_dict() if candidate.memory else None,
         "step_time_s": candidate.time.as_dict() if candidate.time else None,
         "problems": list(candidate.problems),
+        "not_yet_run_on_gpu": not_yet_run_on_gpu(result, candidate),
     }

@@ -14,6 +14,19 @@ from longvila.model.vlm import DEFAULT_VISION_CHUNK_FRAMES
 
 DEEPSPEED_CONFIGS = ("zero2", "zero2_offload", "zero3", "zero3_offload")
 """The packaged DeepSpeed configs a plan chooses between, cheapest in time first."""
+NOT_YET_RUN_ON_GPU = frozenset({
+    ("deepspeed", "zero2_offload"),
+    ("deepspeed", "zero3_offload"),
+    ("gradient_checkpointing", "offload"),
+})
+"""Training choices (flag, value) that the planner may recommend for a GPU run but that have never run on a GPU.
+
+The offload paths (DeepSpeed's ZeRO optimizer/weight offload, ``--gradient_checkpointing offload``) have run only on
+CPU (tests/stages/test_offload.py, tests/engine/test_activation_offload.py), where DeepSpeed's activation offload
+moves nothing (longvila/engine/activation_offload.py). A plan for a CUDA device marks each of these choices "not
+yet run on a GPU" (``TrainingChoices.not_yet_run_on_gpu``, printed and in the JSON by ``longvila/plan/report.py``).
+Remove an entry once a test marked ``gpu`` (``pytest -m gpu``) trains with that choice on a GPU and has passed
+there."""
 MMSP_IMPLS = ("route", "gather")
 """How frame features reach their sequence shard: ``route`` is what longvila trains with; ``gather`` is LongVILA's
 own MM-SP (and longvila's before 2026-12-05), planned to compare against, not a trainer flag."""
@@ -87,6 +100,12 @@ class TrainingChoices:
     @property
     def offloads_params(self) -> bool:
         return self.deepspeed == "zero3_offload"
+
+    @property
+    def not_yet_run_on_gpu(self) -> tuple[str, ...]:
+        """This run's choices in ``NOT_YET_RUN_ON_GPU``, as command-line flags (``--deepspeed zero3_offload``)."""
+        flags = {"deepspeed": self.deepspeed, "gradient_checkpointing": self.checkpointing}
+        return tuple(f"--{flag} {value}" for flag, value in sorted(NOT_YET_RUN_ON_GPU) if flags.get(flag) == value)
 
     @property
     def trains(self) -> frozenset:
