@@ -3,6 +3,7 @@
     python benchmarks/long_context_memory.py --output_dir runs/long_context_memory            # one process
     python benchmarks/long_context_memory.py --output_dir runs/long_context_memory --sp 2     # with ALST beside us
     python benchmarks/long_context_memory.py --output_dir runs/long_context_memory --llm qwen2-7b --llm_layers 1 --lora
+    python benchmarks/long_context_memory.py --output_dir runs/long_context_memory --sp 2 --ring 2 --systems default
 
 Builds (once) a VILA-layout checkpoint with a released LLM's layer shapes and real vocabulary but few decoder layers
 (``longvila.model.real_shapes``; Qwen2-1.5B with 2 layers by default). Each (system, length) point is a fresh run of two optimizer steps
@@ -16,9 +17,12 @@ step's tokens/s (global tokens / step seconds); growth is GB per 1K tokens betwe
 Systems: ``naive`` (full-logits loss, untiled MLP: the old default), ``chunked`` (chunked loss only), ``default``
 (chunked loss + tiled MLP). With ``--sp N`` ours run Ulysses SP over N gloo ranks (``torchrun``), and DeepSpeed ALST
 runs on the same checkpoint's LLM, tokens and DeepSpeed config (``benchmarks/alst_step.py``): ``alst`` (TiledMLP +
-TiledFusedLogitsLoss) and ``alst_untiled`` (Ulysses only). Threads are split evenly between the ranks. Writes
-``<out>/long_context_memory[_spN][_<llm>-<layers>L][_lora].json`` (the suffixes only where they differ from one
-process, Qwen2-1.5B, 2 layers, full fine-tune) and a ``.png`` beside it of memory against tokens, one line per system.
+TiledFusedLogitsLoss) and ``alst_untiled`` (Ulysses only). ``--ring R`` makes R of the SP ranks a zigzag ring
+(2D when SP > R) and ``--deepspeed zero3`` partitions the weights too; ALST runs neither. Threads are split evenly
+between the ranks. Writes ``<out>/long_context_memory[_spN][_ringR][_<llm>-<layers>L][_lora][_zero3].json`` (the
+suffixes only where they differ from one process, Qwen2-1.5B, 2 layers, full fine-tune, ZeRO-2) and a ``.png``
+beside it of memory against tokens, one line per system. Every row records the settings the planner predicts it
+from (``longvila.plan.measured.benchmark_configuration``), the command line and the commit.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import json
 import time
 from pathlib import Path
 
-from rank_runs import launcher, run_ranks, save_line_plot
+from rank_runs import launcher, provenance, run_ranks, save_line_plot
 
 from longvila.plan.measured import BENCHMARK_SYSTEMS, probe_step_flags, system_flags
 
@@ -40,22 +44,22 @@ SYSTEMS = {**OURS, **ALST}
 ALST_SCRIPT = Path(__file__).resolve().with_name("alst_step.py")
 
 
-def point_command(checkpoint: Path, out: Path, system: str, length: int, sp: int,
-                  extra: list[str]) -> tuple[list[str], Path]:
+def point_command(checkpoint: Path, out: Path, system: str, length: int, sp: int, extra: list[str],
+                  ring: int = 1) -> tuple[list[str], Path]:
     """The command for one (system, length) point and the JSON-lines file its steps land in."""
     data_dir = out.parent.parent / "data"
     if system in ALST:
         return ([*launcher(sp), str(ALST_SCRIPT), "--checkpoint", str(checkpoint), "--data_dir", str(data_dir),
                  "--length", str(length), "--out", str(out), *ALST[system]], out / "alst_metrics.jsonl")
     module = ["-m", "longvila.stages.s4_context_ext"]
-    parallel = ["--seq_parallel_size", str(sp), "--seq_parallel_ring_size", "1"] if sp > 1 else []  # Ulysses, as ALST
+    parallel = ["--seq_parallel_size", str(sp), "--seq_parallel_ring_size", str(ring)] if sp > 1 else []
     return ([*launcher(sp), *module, *probe_step_flags(checkpoint, out, data_dir, length), *parallel, *OURS[system],
              *extra], out / "metrics.jsonl")
 
 
 def run_point(checkpoint: Path, out: Path, system: str, length: int, sp: int, extra: list[str],
-              timeout: float) -> dict | None:
-    command, metrics = point_command(checkpoint, out, system, length, sp, extra)
+              timeout: float, ring: int = 1) -> dict | None:
+    command, metrics = point_command(checkpoint, out, system, length, sp, extra, ring)
     started = time.perf_counter()
     if not run_ranks(command, sp, timeout):
         return None
@@ -82,6 +86,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
                         "does not fit the host (Qwen2-7B's untied embedding and head alone are 1.1 B parameters: "
                         "17 GB of fp32 weights, gradients and AdamW state)")
     parser.add_argument("--sp", type=int, default=1, help="sequence-parallel ranks; ALST joins from 2")
+    parser.add_argument("--ring", type=int, default=1, help="of the SP ranks, the zigzag ring's degree (the rest "
+                        "Ulysses); default 1: Ulysses only, as ALST")
+    parser.add_argument("--deepspeed", default="zero2", choices=("zero2", "zero3"))
     parser.add_argument("--systems", default=None, help="comma list; default: naive,chunked,default at SP=1, "
                         "naive,default,alst_untiled,alst under SP")
     parser.add_argument("--start", type=int, default=2048)
@@ -99,6 +106,10 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
         parser.error("--systems: ALST runs only with --sp 2 or more")
     if args.lora and any(name in ALST for name in systems):
         parser.error("--lora: the ALST runner trains the full model; pass --systems without alst")
+    if (args.ring > 1 or args.deepspeed != "zero2") and any(name in ALST for name in systems):
+        parser.error("--ring / --deepspeed zero3: the ALST runner is Ulysses with ZeRO-2; pass --systems without alst")
+    if args.ring < 1 or args.sp % args.ring:
+        parser.error(f"--ring {args.ring} must divide --sp {args.sp}")
     return args, systems
 
 
@@ -111,9 +122,10 @@ def main() -> None:
     checkpoint = args.output_dir / probe
     if not (checkpoint / "config.json").is_file():
         build_real_shape_checkpoint(checkpoint, llm=args.llm, llm_layers=args.llm_layers)
-    extra = ["--lora_llm", "true"] if args.lora else []
-    tag = "".join([f"_sp{args.sp}" if args.sp > 1 else "", f"_{probe}" if probe != "qwen2-1.5b-2L" else "",
-                   "_lora" if args.lora else ""])
+    extra = (["--lora_llm", "true"] if args.lora else []) + ["--deepspeed", args.deepspeed]
+    tag = "".join([f"_sp{args.sp}" if args.sp > 1 else "", f"_ring{args.ring}" if args.ring > 1 else "",
+                   f"_{probe}" if probe != "qwen2-1.5b-2L" else "", "_lora" if args.lora else "",
+                   f"_{args.deepspeed}" if args.deepspeed != "zero2" else ""])
     results = args.output_dir / f"long_context_memory{tag}.json"
     # Earlier rows are kept unless this run measures the same (system, length) again, so a comparison can be built
     # up over several runs; a system's earlier, shorter points seed its growth and budget prediction.
@@ -134,12 +146,13 @@ def main() -> None:
                     stopped.add(system)
                     continue
             out = args.output_dir / "runs" / f"{system}{tag}-{length}"
-            row = run_point(checkpoint, out, system, length, args.sp, extra, args.max_seconds)
+            row = run_point(checkpoint, out, system, length, args.sp, extra, args.max_seconds, args.ring)
             if row is None:
                 print(f"{system}: {length} tokens failed or timed out; stopping")
                 stopped.add(system)
                 continue
-            row.update(llm=args.llm, llm_layers=args.llm_layers, lora=args.lora)
+            row.update(llm=args.llm, llm_layers=args.llm_layers, lora=args.lora, ring=args.ring,
+                       deepspeed=args.deepspeed, **provenance())
             if done[system]:
                 last_length, last_peak = done[system][-1]
                 row["gb_per_1k_tokens"] = (row["peak_gb"] - last_peak) / ((length - last_length) / 1000)
@@ -149,7 +162,8 @@ def main() -> None:
             results.write_text(json.dumps(rows, indent=2) + "\n")
         length *= 2
     results.write_text(json.dumps(rows, indent=2) + "\n")
-    ranks = "one process" if args.sp == 1 else f"SP={args.sp} (Ulysses) on {args.sp} gloo ranks"
+    kind = "Ulysses" if args.ring == 1 else ("zigzag ring" if args.ring == args.sp else f"ring {args.ring} x Ulysses")
+    ranks = "one process" if args.sp == 1 else f"SP={args.sp} ({kind}) on {args.sp} gloo ranks"
     title = f"Stage 4, {args.llm} shapes ({args.llm_layers} layers{', LoRA' if args.lora else ''}), fp32 CPU, {ranks}"
     plot(rows, results.with_suffix(".png"), title)
 

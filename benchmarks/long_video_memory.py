@@ -2,6 +2,7 @@
 
     python benchmarks/long_video_memory.py --output_dir runs/long_video_memory                  # SP 1 and 2
     python benchmarks/long_video_memory.py --output_dir runs/long_video_memory --sp 4 --ring 2  # 2D: ring 2 x Ulysses 2
+    python benchmarks/long_video_memory.py --output_dir runs/long_video_memory --sp 1 --lora_vision --systems new
 
 The model is a VILA-layout checkpoint with real layer shapes and few layers (``longvila.model.real_shapes``): a
 SigLIP-so400m-shaped tower (384 px, 14 px patches, 1152 hidden, 4304 MLP, 16 heads; ``--vision_layers``, default 2,
@@ -33,8 +34,10 @@ point reports the last step: per-rank step peak (resident-set peak of that step 
 tokens/s, ``data_seconds`` (the step's wait for data), ``decode_seconds`` and decode time per decoded frame (each
 rank decodes its share), and beside it the time to decode and preprocess the whole clip once (what every rank did
 before). Growth is GB per 100 frames between frame counts. Systems alternate inside each frame count (new,
-new_ahead, new, ... with ``--repeats 2``), so a drift of the shared host hits both. Writes
-``long_video_memory_sp<N>[_ring<R>].json`` and a ``.png`` of step peak against frames.
+new_ahead, new, ... with ``--repeats 2``), so a drift of the shared host hits both. ``--lora_vision`` trains the
+tower as LoRA adapters on frozen weights (the stage's ``--lora_vision``). Writes
+``long_video_memory_sp<N>[_ring<R>][_lora-vision].json`` (every row with its command line and commit) and a ``.png``
+of step peak against frames.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ import statistics
 import time
 from pathlib import Path
 
-from rank_runs import launcher, run_ranks, save_line_plot
+from rank_runs import launcher, provenance, run_ranks, save_line_plot
 
 SYSTEMS = {
     "new": ["--dataloader_num_workers", "0"],
@@ -77,14 +80,14 @@ def whole_clip_decode_seconds(data: Path, frames: int, image_processor) -> float
 
 
 def run_point(checkpoint: Path, data: Path, out: Path, system: str, frames: int, sp: int, ring: int,
-              steps: int, timeout: float) -> dict | None:
+              steps: int, timeout: float, extra: tuple[str, ...] = ()) -> dict | None:
     length = frames * (TOKENS_PER_FRAME + 1) + 256
     command = [*launcher(sp), "-m", "longvila.stages.s5_long_video_sft", "--init_from", str(checkpoint),
                "--output_dir", str(out), "--data_path", str(data), "--num_video_frames", str(frames),
                "--model_max_length", str(length), "--max_steps", str(steps), "--gradient_checkpointing", "true",
                "--bf16", "false", "--disable_tqdm", "true", "--per_device_train_batch_size", "1",
                *(["--seq_parallel_size", str(sp), "--seq_parallel_ring_size", str(ring)] if sp > 1 else []),
-               *SYSTEMS[system]]
+               *SYSTEMS[system], *extra]
     started = time.perf_counter()
     if not run_ranks(command, sp, timeout):
         return None
@@ -153,6 +156,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1, help="runs per (system, frames), systems interleaved")
     parser.add_argument("--max_seconds", type=float, default=1800.0, help="per run")
     parser.add_argument("--systems", default="new,new_ahead", help=f"comma list of {', '.join(SYSTEMS)}")
+    parser.add_argument("--lora_vision", action="store_true", help="LoRA adapters on a frozen tower")
     args = parser.parse_args(argv)
     args.systems = args.systems.split(",")
     if not args.systems or set(args.systems) - set(SYSTEMS):
@@ -175,7 +179,9 @@ def main() -> None:
         build_real_shape_checkpoint(checkpoint, llm=args.llm, llm_layers=args.llm_layers,
                                     vision_layers=args.vision_layers, dtype=__import__("torch").float32)
     processor = SiglipImageProcessor(size={"height": 384, "width": 384})
-    layout = f"sp{args.sp}" + (f"_ring{args.ring}" if args.ring > 1 else "")
+    layout = "".join([f"sp{args.sp}", f"_ring{args.ring}" if args.ring > 1 else "",
+                      "_lora-vision" if args.lora_vision else ""])
+    extra = ("--lora_vision", "true") if args.lora_vision else ()
     results = args.output_dir / f"long_video_memory_{layout}.json"
     rows = []
     for frames in (int(f) for f in args.frames.split(",")):
@@ -185,11 +191,12 @@ def main() -> None:
             for system in args.systems:
                 out = args.output_dir / "runs" / f"{layout}-{system}-{frames}-{repeat}"
                 row = run_point(checkpoint, data, out, system, frames, args.sp, args.ring, args.steps,
-                                args.max_seconds)
+                                args.max_seconds, extra)
                 if row is None:
                     print(f"{system}: {frames} frames failed or timed out", flush=True)
                     continue
-                row.update(probe=probe, repeat=repeat, whole_clip_decode_seconds=whole)
+                row.update(probe=probe, repeat=repeat, whole_clip_decode_seconds=whole, lora_vision=args.lora_vision,
+                           **provenance())
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 results.write_text(json.dumps({"rows": rows, "summary": summarise(rows)}, indent=2) + "\n")

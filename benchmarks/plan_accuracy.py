@@ -3,14 +3,16 @@
     python benchmarks/plan_accuracy.py --output_dir runs/plan_accuracy
     python benchmarks/plan_accuracy.py --output_dir runs/plan_accuracy --live   # plus one fresh CPU measurement
 
-Part 1 predicts every row of ours in the long-context memory benchmark's result files
-(``benchmarks/results/cpu-*-long-context-memory*.json``: fp32 CPU stage-4 steps at real layer shapes) and the old
-and new rows of the long-video memory benchmark's (``cpu-*-long-video-memory*.json``: fp32 CPU stage-5 steps, SP 1
-and 2), and prints predicted vs measured with the relative error. ``--live`` adds a fresh measurement: a
-Qwen2-0.5B-shape, one-layer VILA checkpoint trained for two steps at 1,024 tokens in one process
-(``longvila.plan.measured.live_comparison``, the same run ``tests/plan/test_accuracy.py`` makes). Part 2 runs the planner on the published runs of
-``longvila.plan.published`` and prints its verdict, the layout it picks and the longest sample that fits. Writes
-``plan_accuracy.json`` and ``plan_accuracy.png`` (predicted against measured, with the 10% band) into
+Part 1 predicts every row of ours in the memory benchmarks' result files (``benchmarks/results``: the long-context
+benchmark's fp32 CPU stage-4 steps at real layer shapes, the long-video benchmark's stage-5 steps, and the held-out
+probes of ``benchmarks/plan_heldout.sh``) and prints predicted vs measured with the relative error, in two tables:
+in sample (the rows the model's constants were fitted on, or its video terms worked out on) and held out (rows none
+of that looked at), as ``longvila.plan.heldout`` declares them, each with its own worst error. ``--live`` adds a
+fresh held-out measurement: a Qwen2-0.5B-shape, two-layer VILA checkpoint trained for two steps at 1,024 tokens as
+a zigzag ring over two gloo ranks (``longvila.plan.measured.live_comparison``, the same run
+``tests/plan/test_accuracy.py`` makes). Part 2 runs the planner on the published runs of ``longvila.plan.published``
+and prints its verdict, the layout it picks and the longest sample that fits. Writes ``plan_accuracy.json`` and
+``plan_accuracy.png`` (predicted against measured, with the 10% band, in sample and held out apart) into
 ``--output_dir``; the tables go to stdout as Markdown.
 """
 
@@ -24,25 +26,23 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def measured_comparisons() -> list:
-    from longvila.plan.measured import compare_benchmark_rows, compare_video_rows
+def measured_comparisons() -> dict[str, list]:
+    """``{"in sample": [(file, comparison), ...], "held out": [...]}`` (``longvila.plan.heldout``)."""
+    from longvila.plan.heldout import split_comparisons
 
-    out = []
-    for path in sorted(RESULTS.glob("cpu-*-long-context-memory*.json")):
-        out += [(path.name, c) for c in compare_benchmark_rows(json.loads(path.read_text()))]
-    for path in sorted(RESULTS.glob("cpu-*-long-video-memory*.json")):
-        out += [(path.name, c) for c in compare_video_rows(json.loads(path.read_text())["rows"])]
-    return out
+    return split_comparisons(RESULTS)
 
 
-def accuracy_table(comparisons) -> str:
-    lines = ["| source | probe | tokens | SP | measured GiB | predicted GiB | error | peak phase |",
+def accuracy_table(comparisons, side: str) -> str:
+    lines = [f"{side}:", "", "| source | probe | tokens | SP | measured GiB | predicted GiB | error | peak phase |",
              "|---|---|---|---|---|---|---|---|"]
     for source, c in comparisons:
         lines.append(f"| {source} | {c.label} | {c.tokens:,} | {c.sp} | {c.measured_gib:.2f} | "
                      f"{c.predicted.peak_gib:.2f} | {c.error * 100:+.1f}% | {c.predicted.peak_phase} |")
     worst = max(abs(c.error) for _, c in comparisons)
-    lines.append(f"\nLargest error: {worst * 100:.1f}% over {len(comparisons)} measured points.")
+    mean = sum(abs(c.error) for _, c in comparisons) / len(comparisons)
+    lines.append(f"\n{side}: largest error {worst * 100:.1f}%, mean absolute error {mean * 100:.1f}%, over "
+                 f"{len(comparisons)} measured points.")
     return "\n".join(lines)
 
 
@@ -75,21 +75,20 @@ def published_table() -> tuple[str, list[dict]]:
     return "\n".join(lines), rows
 
 
-def plot(comparisons, path: Path) -> None:
+def plot(sides: dict[str, list], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    measured = [c.measured_gib for _, c in comparisons]
-    predicted = [c.predicted.peak_gib for _, c in comparisons]
-    top = max(measured + predicted) * 1.1
+    everything = [c for comparisons in sides.values() for _, c in comparisons]
+    top = max(max(c.measured_gib, c.predicted.peak_gib) for c in everything) * 1.1
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.fill_between([0, top], [0, top * 0.9], [0, top * 1.1], color="tab:green", alpha=0.15, label="within 10%")
     ax.plot([0, top], [0, top], color="gray", lw=0.8)
-    for label in sorted({c.label.split(",")[0] for _, c in comparisons}):
-        points = [(c.measured_gib, c.predicted.peak_gib) for _, c in comparisons if c.label.startswith(label)]
-        ax.scatter(*zip(*points), label=label, s=25)
+    for (side, comparisons), marker in zip(sides.items(), ("o", "^")):
+        points = [(c.measured_gib, c.predicted.peak_gib) for _, c in comparisons]
+        ax.scatter(*zip(*points), label=f"{side} ({len(points)})", s=25, marker=marker)
     ax.set_xlim(0, top)
     ax.set_ylim(0, top)
     ax.set_xlabel("measured peak per rank (GiB)")
@@ -106,22 +105,25 @@ def main(argv=None) -> None:
     parser.add_argument("--live", action="store_true", help="add a fresh one-layer CPU measurement (~1 minute)")
     args = parser.parse_args(argv)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    comparisons = measured_comparisons()
+    sides = measured_comparisons()
     if args.live:
         from longvila.plan.measured import build_live_probe, live_comparison
 
         with tempfile.TemporaryDirectory(prefix="plan-live-") as tmp:
             probe = build_live_probe(Path(tmp) / "probe")
-            comparisons.append(("live run", live_comparison(probe, Path(tmp))))
-    print(accuracy_table(comparisons))
+            sides["held out"].append(("live run", live_comparison(probe, Path(tmp))))
+    for side, comparisons in sides.items():
+        print(accuracy_table(comparisons, side))
+        print()
     table, published = published_table()
-    print()
     print(table)
     (args.output_dir / "plan_accuracy.json").write_text(json.dumps({
-        "measured": [{"source": s, "label": c.label, "tokens": c.tokens, "sp": c.sp, "measured_gib": c.measured_gib,
-                      "predicted": c.predicted.as_dict(), "error": c.error} for s, c in comparisons],
+        "measured": [{"side": side, "source": s, "label": c.label, "tokens": c.tokens, "sp": c.sp,
+                      "measured_gib": c.measured_gib, "predicted": c.predicted.as_dict(), "error": c.error}
+                     for side, comparisons in sides.items() for s, c in comparisons],
+        "worst_error": {side: max(abs(c.error) for _, c in comparisons) for side, comparisons in sides.items()},
         "published": published}, indent=2) + "\n")
-    plot(comparisons, args.output_dir / "plan_accuracy.png")
+    plot(sides, args.output_dir / "plan_accuracy.png")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,19 @@ def run_ranks(command: list[str], sp: int, timeout: float) -> bool:
     return result.returncode == 0
 
 
+def provenance() -> dict:
+    """What a stored row needs to be reproduced: the exact command line and the commit it ran at (``+`` when the
+    working tree had uncommitted changes)."""
+    import shlex
+
+    def git(*args: str) -> str:
+        here = os.path.dirname(os.path.abspath(__file__))
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=here).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
+    return {"command": shlex.join(["python", *sys.argv]), "commit": commit}
+
+
 def save_line_plot(series: dict[str, list[tuple[float, float]]], path, xlabel: str, ylabel: str, title: str) -> None:
     """One line per series (label -> (x, y) points) against a log2 x axis; empty series are left out."""
     import matplotlib

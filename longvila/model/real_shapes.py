@@ -22,11 +22,12 @@ LLM_SHAPES = {name: dict(zip(_LLM_FIELDS, row)) for name, row in {
     "qwen2-7b":   ("qwen2", 3584, 18944,  28, 4,  152064, False, 1e6, 32768),
     "llama3-8b":  ("llama", 4096, 14336,  32, 8,  128256, False, 5e5, 8192),
     "llama2-7b":  ("llama", 4096, 11008,  32, 32, 32000,  False, 1e4, 4096),
+    "llama3.2-1b": ("llama", 2048, 8192,  32, 8,  128256, True,  5e5, 131072),
 }.items()}
 """Layer shapes of released LLMs (their HF config.json values); ``num_hidden_layers`` is chosen per use."""
 
 RELEASED_LAYERS = {"qwen2-0.5b": 24, "qwen2-1.5b": 28, "qwen2-7b": 28, "llama3-8b": 32, "llama2-7b": 32,
-                   "siglip-so400m": 27}
+                   "llama3.2-1b": 16, "siglip-so400m": 27}
 """Layer counts of the released models, for planning at full depth (``longvila.plan``)."""
 
 VISION_SHAPES = {

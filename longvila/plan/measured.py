@@ -1,16 +1,18 @@
 """Predictions for runs that were measured, so the planner's error can be stated and tested.
 
 A measured run is described by the settings ``benchmarks/long_context_memory.py`` records with each row (LLM shape,
-depth, LoRA, SP degree, tokens, system) or by a stage run's own ``metrics.jsonl`` and the flags it ran with. The
+depth, LoRA, SP and ring degree, DeepSpeed config, tokens, system) or by a stage run's own ``metrics.jsonl`` and the flags it ran with. The
 probes are fp32 CPU runs of one stage-4 step, so they are predicted with ``--device cpu`` (the resident-set peak,
 runtime included) and the probes' vision tower depth.
 
 ``benchmarks/long_video_memory.py`` rows (stage 5 on videos, old and new MM-SP) are predicted the same way by
-``predict_video_row`` / ``compare_video_rows``.
+``predict_video_row`` / ``compare_video_rows``. Which rows the model's constants were fitted on, and which are held
+out, is ``longvila.plan.heldout``.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -44,8 +46,12 @@ that records its ``vision_chunk_frames`` is predicted with it.
 prefetched pixels and the decoders' buffers are host memory that a GPU's peak never holds, so the planner does
 not count them; on a CPU they share the step's resident set, and its rows measure what loading ahead costs."""
 VIDEO_STAGE = "s5_long_video_sft"
-LIVE_PROBE = {"llm": "qwen2-0.5b", "llm_layers": 1, "vision_layers": 1}
-"""The live check's probe: Qwen2-0.5B layer shapes with the real 151,936-token vocabulary, one decoder layer."""
+LIVE_PROBE = {"llm": "qwen2-0.5b", "llm_layers": 2, "vision_layers": 1}
+"""The live check's probe: Qwen2-0.5B layer shapes with the real 151,936-token vocabulary, two decoder layers."""
+LIVE_SP, LIVE_RING = 2, 2
+"""The live check runs a zigzag ring over two gloo ranks: a layout (and depth) no constant of the memory model was
+fitted on (``longvila.plan.heldout.FITTING_PROBES``), where the LLM's backward, not the fitted optimizer step, sets
+the predicted peak."""
 LIVE_TOKENS = 1024
 
 
@@ -76,10 +82,18 @@ def probe_step_flags(checkpoint: Path, out: Path, data_dir: Path, tokens: int) -
             "--disable_tqdm", "true", "--bf16", "false"]
 
 
-def predict_cpu_run(shape: ModelShape, tokens: int, sp: int = 1, **choices) -> MemoryBreakdown:
-    """Peak resident memory of one rank of an fp32 CPU stage-4 run with ``sp`` Ulysses ranks."""
-    return predict_memory(shape, Layout(sp, sp, sp, 1), Workload(tokens), TrainingChoices(bf16=False, **choices),
+def predict_cpu_run(shape: ModelShape, tokens: int, sp: int = 1, ring: int = 1, **choices) -> MemoryBreakdown:
+    """Peak resident memory of one rank of an fp32 CPU stage-4 run with ``sp`` ranks, ``ring`` of them in the
+    (zigzag) ring and the rest Ulysses."""
+    return predict_memory(shape, Layout(sp, sp, sp, ring), Workload(tokens), TrainingChoices(bf16=False, **choices),
                           cpu_device())
+
+
+def benchmark_configuration(row: dict) -> tuple:
+    """(llm, layers, LoRA, SP, ring, DeepSpeed config) of a long-context memory benchmark row; rows written before
+    a field existed ran its default (Qwen2-1.5B, 2 layers, no LoRA, one process, Ulysses, ZeRO-2)."""
+    return (row.get("llm") or "qwen2-1.5b", row.get("llm_layers") or 2, bool(row.get("lora")), row.get("sp") or 1,
+            row.get("ring") or 1, row.get("deepspeed") or "zero2")
 
 
 def compare_benchmark_rows(rows: list[dict]) -> list[Comparison]:
@@ -93,21 +107,24 @@ def compare_benchmark_rows(rows: list[dict]) -> list[Comparison]:
     for row in rows:
         if row["system"] not in BENCHMARK_SYSTEMS:
             continue
-        llm, layers, lora = row.get("llm") or "qwen2-1.5b", row.get("llm_layers") or 2, bool(row.get("lora"))
+        llm, layers, lora, sp, ring, deepspeed = benchmark_configuration(row)
         key = (llm, layers, lora)
         if key not in shapes:
             shapes[key] = resolve_model_shape(llm, lora=lora, num_layers=layers, vision_layers=PROBE_VISION_LAYERS)
-        sp = row.get("sp") or 1
-        predicted = predict_cpu_run(shapes[key], row["tokens"], sp, lora=lora, **BENCHMARK_SYSTEMS[row["system"]])
-        label = f"{llm} {layers}L{' LoRA' if lora else ''}, {row['system']}"
+        predicted = predict_cpu_run(shapes[key], row["tokens"], sp, ring, lora=lora, deepspeed=deepspeed,
+                                    **BENCHMARK_SYSTEMS[row["system"]])
+        layout = f", ring {ring}" if ring > 1 else ""
+        label = (f"{llm} {layers}L{' LoRA' if lora else ''}{layout}{', ' + deepspeed if deepspeed != 'zero2' else ''}"
+                 f", {row['system']}")
         out.append(Comparison(label, row["tokens"], sp, row.get("step_peak_gb") or row["peak_gb"], predicted))
     return out
 
 
-def video_probe_shape(probe: str = "qwen2-0.5b-1L-siglip-1L") -> ModelShape:
+def video_probe_shape(probe: str = "qwen2-0.5b-1L-siglip-1L", lora_vision: bool = False) -> ModelShape:
     """The shape of a long-video benchmark probe from its name (``<llm>-<N>L-siglip-<M>L``), trained as stage 5
-    trains it (tower, projector and LLM). The default probe: Qwen2-0.5B shapes with one decoder layer and the real
-    vocabulary, SigLIP-so400m shapes with one layer (at select layer -2 the tower runs its patch embedding only),
+    trains it (tower, projector and LLM; with ``lora_vision`` the tower's base weights frozen under LoRA adapters,
+    as ``--lora_vision``). The default probe: Qwen2-0.5B shapes with one decoder layer and the real vocabulary,
+    SigLIP-so400m shapes with one layer (at select layer -2 the tower runs its patch embedding only),
     ``mlp_downsample``."""
     from longvila.cli import stage_spec
 
@@ -115,7 +132,7 @@ def video_probe_shape(probe: str = "qwen2-0.5b-1L-siglip-1L") -> ModelShape:
     if not (layers.endswith("L") and vision_layers.endswith("L")):
         raise ValueError(f"not a long-video probe name: {probe!r}")
     return resolve_model_shape(llm, trains=stage_spec(VIDEO_STAGE).trains, num_layers=int(layers[:-1]),
-                               vision_layers=int(vision_layers[:-1]))
+                               vision_layers=int(vision_layers[:-1]), lora_vision=lora_vision)
 
 
 def predict_video_row(shape: ModelShape, row: dict) -> MemoryBreakdown:
@@ -135,17 +152,18 @@ def compare_video_rows(rows: list[dict]) -> list[Comparison]:
     """One comparison per ``old`` / ``new`` row of a long-video memory benchmark result file, against the row's
     ``step_peak_gb`` (the last step's resident-set peak, max over ranks, in GiB). ``new_ahead`` rows are left out
     (``VIDEO_SYSTEMS``: their loader threads' prefetched batches are host memory the device model does not count)."""
-    shapes: dict[str, ModelShape] = {}
+    shapes: dict[tuple, ModelShape] = {}
     out = []
     for row in rows:
         if row["system"] not in VIDEO_SYSTEMS:
             continue
-        probe = row.get("probe") or "qwen2-0.5b-1L-siglip-1L"
-        if probe not in shapes:
-            shapes[probe] = video_probe_shape(probe)
-        label = f"{probe}, {row['system']}, {row['frames']} frames"
-        out.append(Comparison(label, row["tokens"], row.get("sp") or 1, row["step_peak_gb"],
-                              predict_video_row(shapes[probe], row)))
+        key = (row.get("probe") or "qwen2-0.5b-1L-siglip-1L", bool(row.get("lora_vision")))
+        if key not in shapes:
+            shapes[key] = video_probe_shape(*key)
+        sp, ring = row.get("sp") or 1, row.get("ring") or 1
+        layout = f", ring {ring}" if ring > 1 else ""
+        label = f"{key[0]}{' tower LoRA' if key[1] else ''}{layout}, {row['system']}, {row['frames']} frames"
+        out.append(Comparison(label, row["tokens"], sp, row["step_peak_gb"], predict_video_row(shapes[key], row)))
     return out
 
 
@@ -156,17 +174,21 @@ def build_live_probe(folder: Path) -> Path:
 
 
 def live_comparison(checkpoint: Path, workdir: Path, tokens: int = LIVE_TOKENS, env: dict | None = None) -> Comparison:
-    """Train ``checkpoint`` for two fp32 stage-4 steps in a fresh process and compare the second step's own peak
-    with the prediction made from the folder (a fresh process, so nothing else is resident)."""
+    """Train ``checkpoint`` for two fp32 stage-4 steps as a zigzag ring over ``LIVE_SP`` fresh gloo ranks (the
+    host's cores split between them) and compare the second step's own peak (max over ranks) with the prediction
+    made from the folder. Fresh processes, so nothing else is resident."""
     from longvila.engine.metrics import read_metrics
 
     out = Path(workdir) / "run"
+    threads = max(1, (os.cpu_count() or 1) // LIVE_SP)
     result = subprocess.run(
-        [sys.executable, "-m", "longvila.stages.s4_context_ext",
-         *probe_step_flags(checkpoint, out, Path(workdir) / "data", tokens)], capture_output=True, text=True, env=env)
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(LIVE_SP),
+         "-m", "longvila.stages.s4_context_ext", *probe_step_flags(checkpoint, out, Path(workdir) / "data", tokens),
+         "--seq_parallel_size", str(LIVE_SP), "--seq_parallel_ring_size", str(LIVE_RING)],
+        capture_output=True, text=True, env={**(os.environ if env is None else env), "OMP_NUM_THREADS": str(threads)})
     if result.returncode != 0:
         raise RuntimeError(f"the live stage-4 run failed: {result.stderr[-2000:]}")
     measured = read_metrics(out)[1]["step_peak_memory_gb"]
-    predicted = predict_cpu_run(resolve_model_shape(str(checkpoint)), tokens)
-    return Comparison(f"{LIVE_PROBE['llm']} {LIVE_PROBE['llm_layers']}L (VILA folder), default, live", tokens, 1,
-                      measured, predicted)
+    predicted = predict_cpu_run(resolve_model_shape(str(checkpoint)), tokens, LIVE_SP, LIVE_RING)
+    return Comparison(f"{LIVE_PROBE['llm']} {LIVE_PROBE['llm_layers']}L (VILA folder), ring {LIVE_RING}, default, "
+                      "live", tokens, LIVE_SP, measured, predicted)

@@ -142,14 +142,15 @@ def _configs(model: str, vision_tower: str | None, num_layers: int | None, visio
 
 def resolve_model_shape(model: str, vision_tower: str | None = None, trains: frozenset = frozenset({"llm"}),
                         lora: bool = False, num_layers: int | None = None,
-                        vision_layers: int | None = None) -> ModelShape:
+                        vision_layers: int | None = None, lora_vision: bool = False) -> ModelShape:
     """Count a model's parameters for a stage that trains ``trains`` (parts: llm, vision_tower, mm_projector).
 
-    ``num_layers`` / ``vision_layers`` override the depth (the few-layer real-shape probes the memory benchmark
-    measures)."""
+    ``lora`` / ``lora_vision`` put LoRA on the LLM / the tower as ``--lora_llm`` / ``--lora_vision`` do (a LoRA
+    tower's base weights are frozen; its activations still get gradients). ``num_layers`` / ``vision_layers``
+    override the depth (the few-layer real-shape probes the memory benchmark measures)."""
     from transformers import AutoModelForCausalLM, SiglipVisionModel
 
-    from longvila.model.lora import apply_llm_lora
+    from longvila.model.lora import apply_llm_lora, apply_vision_lora
     from longvila.model.projector import MultimodalProjector, MultimodalProjectorConfig, tokens_per_frame
     from longvila.model.vlm import MediaTokenIds, VILAModel
 
@@ -165,6 +166,8 @@ def resolve_model_shape(model: str, vision_tower: str | None = None, trains: fro
                           llm="llm" in trains)
         if lora:
             apply_llm_lora(vlm)
+        if lora_vision:
+            apply_vision_lora(vlm)
     trainable = [p for p in vlm.parameters() if p.requires_grad]
     layer_weights = [p for n, p in vlm.llm.named_parameters() if ".layers." in n and p.dim() == 2 and "lora_" not in n]
     trained_layer = sum(p.numel() for p in layer_weights if p.requires_grad)

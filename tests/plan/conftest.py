@@ -1,5 +1,6 @@
-"""One real-shape probe for the planner tests: Qwen2-0.5B's layer shapes and real 151,936-token vocabulary, one
-decoder layer and one SigLIP layer, written as a VILA-layout folder (random weights)."""
+"""One real-shape probe for the planner tests (``longvila.plan.measured.LIVE_PROBE``): Qwen2-0.5B's layer shapes and
+real 151,936-token vocabulary, two decoder layers and one SigLIP layer, written as a VILA-layout folder (random
+weights)."""
 
 import pytest
 

@@ -37,9 +37,22 @@ def test_stage_trainability_and_lora():
     assert everything.trainable_params == everything.total_params
 
 
+def test_tower_lora_trains_only_its_adapters():
+    """``--lora_vision``: peft freezes the tower's weights and trains r=8 adapters on its q, k, v and out_proj."""
+    trains = frozenset({"llm", "vision_tower", "mm_projector"})
+    full = resolve_model_shape("qwen2-0.5b", num_layers=1, vision_layers=2, trains=trains)
+    lora = resolve_model_shape("qwen2-0.5b", num_layers=1, vision_layers=2, trains=trains, lora_vision=True)
+    width, r, layers, targets = 1152, 8, 2, 4
+    assert lora.trainable_params == full.trainable_params - full.vision_params + layers * targets * 2 * r * width
+    assert lora.total_params == full.total_params + layers * targets * 2 * r * width
+
+
 def test_vila_folder_reads_like_the_named_shape(probe_checkpoint):
     from_folder = resolve_model_shape(str(probe_checkpoint))
-    named = resolve_model_shape("qwen2-0.5b", num_layers=1, vision_layers=1)
+    from longvila.plan.measured import LIVE_PROBE
+
+    named = resolve_model_shape(LIVE_PROBE["llm"], num_layers=LIVE_PROBE["llm_layers"],
+                                vision_layers=LIVE_PROBE["vision_layers"])
     assert from_folder.total_params == named.total_params
     assert from_folder.trainable_params == named.trainable_params
     assert "VILA folder" in from_folder.source
