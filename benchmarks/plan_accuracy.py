@@ -48,6 +48,7 @@ def accuracy_table(comparisons, side: str) -> str:
 
 def published_table() -> tuple[str, list[dict]]:
     from longvila.plan.published import PUBLISHED_RUNS, plan_published
+    from longvila.plan.report import not_yet_run_on_gpu
 
     lines = ["| published run | hardware | planner verdict | layout it picks | peak GiB/GPU | step s | longest that fits |",
              "|---|---|---|---|---|---|---|"]
@@ -64,6 +65,9 @@ def published_table() -> tuple[str, list[dict]]:
                   + (", LoRA" if chosen.choices.lora else "")) if chosen else "none"
         if chosen and not result.fits:
             layout = "instead: " + layout
+        untested = not_yet_run_on_gpu(result, chosen) if chosen else []
+        if untested:
+            layout += f" (not yet run on a GPU: {', '.join(untested)})"
         reach = f"{result.max_tokens:,} tokens" + (f" ({result.max_frames} frames)" if result.max_frames else "") \
             if result.max_tokens else "-"
         peak = f"{chosen.memory.peak_gib:.1f}" if chosen else "-"
@@ -71,7 +75,7 @@ def published_table() -> tuple[str, list[dict]]:
         lines.append(f"| {run.name} ({run.source}) | {run.hardware} | {verdict} | {layout} | {peak} | {step} | {reach} |")
         rows.append({"run": run.name, "fits": result.fits, "verdict": verdict, "layout": layout,
                      "peak_gib": chosen.memory.peak_gib if chosen else None, "max_tokens": result.max_tokens,
-                     "command": result.command()})
+                     "command": result.command(), "not_yet_run_on_gpu": untested})
     return "\n".join(lines), rows
 
 
