@@ -157,6 +157,37 @@ def resolve_checkpoint(spec: str, root: Path) -> Checkpoint:
     return checkpoint
 
 
+FULL_DISK_BYTES = 64 * 2**20
+"""Below this much free space a failed write is reported as a full disk: torch.save's C++ writer (which DeepSpeed
+saves through) raises a RuntimeError without an errno when the disk fills ("unexpected pos ..."), so the cause
+has to be read from the disk itself."""
+
+
+def save_failure_reason(error: BaseException, root: Path) -> Optional[str]:
+    """A one-line cause for a failed save, or None when it is not a storage failure (then it is a bug and keeps
+    its traceback). An OSError says its own cause; a RuntimeError counts only when the disk is in fact full."""
+    try:
+        usage = shutil.disk_usage(root)
+    except OSError:
+        usage = None
+    free = f"{usage.free:,} bytes free under {root}" if usage is not None else f"{root} unreadable"
+    if isinstance(error, OSError):
+        return f"{error.strerror or error} ({error.filename}; {free})"
+    if usage is not None and usage.free < FULL_DISK_BYTES and _raised_by_torch_save(error):
+        return f"No space left on device ({free}; the writer said: {str(error).splitlines()[0]})"
+    return None
+
+
+def _raised_by_torch_save(error: BaseException) -> bool:
+    """Whether ``error`` came out of torch.save's writer (not, say, a collective whose peer died of the full disk)."""
+    trace = error.__traceback__
+    while trace is not None:
+        if Path(trace.tb_frame.f_code.co_filename).match("torch/serialization.py"):
+            return True
+        trace = trace.tb_next
+    return False
+
+
 def clear_staging(root: Path, step: int) -> None:
     """Remove what a cut-short save of the same step left behind (rank 0, before anyone writes)."""
     shutil.rmtree(root / staging_name(step), ignore_errors=True)

@@ -168,10 +168,13 @@ class Trainer:
             state_path = staged / TRAINER_STATE.format(rank=rank)
             inject(self.fault, "enospc", step, rank, str(state_path))
             torch.save(state, state_path)
-        except OSError as error:
+        except (OSError, RuntimeError) as error:
+            reason = store.save_failure_reason(error, root)
+            if reason is None:
+                raise
             previous = self.last_checkpoint.name if self.last_checkpoint else "none"
             raise CheckpointError(
-                f"saving checkpoint step-{step} failed on rank {rank}: {error.strerror or error} ({error.filename}); "
+                f"saving checkpoint step-{step} failed on rank {rank}: {reason}; "
                 f"the last complete checkpoint ({previous}) is intact and {staged.name} is left for inspection"
             ) from error
         dist.barrier()

@@ -6,7 +6,9 @@ the previous one left, and the final weights must be bit-identical to an uninter
 1. killed half-way through step 3 (gradients accumulated, nothing stepped);
 2. rank 1 killed while saving step 4, after DeepSpeed wrote its files: ``.tmp-step-4`` stays incomplete and
    ``latest`` falls back to step-2 with a warning;
-3. disk full (ENOSPC) on rank 1 while saving step 4: one line on stderr, step-2 still usable;
+3. an injected ``OSError(ENOSPC)`` on rank 1 while saving step 4, raised in Python after DeepSpeed's files are
+   written: one line on stderr, step-2 still usable (``test_disk_really_fills_during_deepspeeds_own_write`` fills
+   a real, size-limited disk inside DeepSpeed's own write instead);
 4. killed right after step 6 was saved;
 5. resumed from step-6 to the end.
 """
@@ -106,3 +108,58 @@ def test_kill_chain_resumes_to_bit_identical_weights(stage, stage_flags, subproc
     assert all(torch.equal(expected[name], got[name]) for name in expected)
     assert [r["step"] for r in read_metrics(out)] == list(range(1, STEPS + 1))
     assert [r["loss"] for r in read_metrics(out)] == [r["loss"] for r in read_metrics(tmp_path / "reference")]
+
+
+@contextmanager
+def size_limited_disk(path: Path, size_bytes: int):
+    """A tmpfs of ``size_bytes`` mounted at ``path`` (root with CAP_SYS_ADMIN); skips the test where it cannot be
+    mounted. Yields a function that grows it (``mount -o remount``), as an operator freeing space would."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a size-limited tmpfs here ({mounted.stderr.strip() or 'mount failed'}): "
+                    "the real full-disk drill needs root with CAP_SYS_ADMIN")
+
+    def grow(new_size: int) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={new_size}", str(path)], check=True)
+
+    try:
+        yield grow
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+@pytest.mark.slow
+def test_disk_really_fills_during_deepspeeds_own_write(stage_flags, subprocess_env, tmp_path):
+    """Not an injected OSError: the output folder is a tmpfs with room for one checkpoint and a half, so the save of
+    step 4 runs out of space inside DeepSpeed's own torch.save. The run must stop in one line, keep step-2 as the
+    complete checkpoint, and once the disk is grown, resume to the uninterrupted run's losses and weights."""
+    stage, steps = "s4_context_ext", 6
+
+    def flags(out):
+        return stage_flags(stage, out, "--max_steps", str(steps), "--save_steps", str(SAVE_EVERY),
+                           "--learning_rate", "1e-3", *LAYOUTS[stage])
+
+    reference = launch(stage, flags(tmp_path / "reference"), subprocess_env, resume=False)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    one_checkpoint = folder_bytes(tmp_path / "reference" / "checkpoints" / f"step-{steps}")
+    disk = tmp_path / "disk"
+    with size_limited_disk(disk, int(one_checkpoint * 1.5)) as grow:
+        out = disk / "drill"
+        full = launch(stage, flags(out), subprocess_env, resume=False)
+        assert full.returncode != 0 and complete_steps(out) == [2], full.stderr[-3000:]
+        lines = longvila_lines(full, stage)  # one line from each rank whose own write met the full disk
+        assert 1 <= len(lines) <= 2, full.stderr[-3000:]
+        assert all("No space left on device (0 bytes free" in line and "(step-2) is intact" in line
+                   for line in lines), lines
+        grow(one_checkpoint * 20)
+        finished = launch(stage, flags(out), subprocess_env)
+        assert finished.returncode == 0, finished.stderr[-3000:]
+        assert [r["loss"] for r in read_metrics(out)] == [r["loss"] for r in read_metrics(tmp_path / "reference")]
+        expected, got = final_weights(tmp_path / "reference"), final_weights(out)
+        assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
