@@ -24,6 +24,9 @@ Reach mode (``--reach``): the per-rank budget is an argument, fixed before the r
 from ``--start`` until its measured peak exceeds the budget, or the run fails; its reach is the last length that
 fit. Lengths are interleaved across systems as in speed mode.
 
+Profile mode (``--profile``): one run per system at the first length, its second step under the profiler
+(``benchmarks/profile_second_step.py``); ``<out>/alst_compare_profile.md`` lists rank 0's heaviest operators.
+
 Writes ``<out>/alst_compare.json`` (every run), ``<out>/alst_compare.md`` (the summary table) and a ``.png`` of
 step time and peak memory against length.
 """
@@ -41,6 +44,7 @@ from rank_runs import launcher, run_ranks
 from longvila.plan.measured import probe_step_flags
 
 ALST_SCRIPT = Path(__file__).resolve().with_name("alst_step.py")
+PROFILER = Path(__file__).resolve().with_name("profile_second_step.py")
 SYSTEMS = ("ours", "alst", "alst_matched")
 
 
@@ -102,23 +106,41 @@ def our_loss_chunk_rows(checkpoint: Path, length: int, sp: int) -> int:
     return default_chunk_size(length // sp, config.vocab_size, config.hidden_size)
 
 
-def point_command(system: str, checkpoint: Path, data: Path, out: Path, length: int, sp: int) -> tuple[list, Path]:
-    """One run's command line and the JSON-lines file its steps land in."""
+def point_command(system: str, checkpoint: Path, data: Path, out: Path, length: int, sp: int,
+                  profile: bool = False) -> tuple[list, Path]:
+    """One run's command line and the JSON-lines file its steps land in; ``profile``: its second step runs under
+    the profiler (``benchmarks/profile_second_step.py``, profiles in ``<out>/profile``)."""
+    start = [*launcher(sp), *([str(PROFILER), "--out", str(out / "profile")] if profile else [])]
     if system == "ours":
         flags = probe_step_flags(checkpoint, out, data.parent, length)
         at = flags.index("--data_dir")
         flags[at:at + 2] = ["--data_path", str(data)]
-        return ([*launcher(sp), "-m", "longvila.stages.s4_context_ext", *flags, "--seq_parallel_size", str(sp),
+        return ([*start, "-m", "longvila.stages.s4_context_ext", *flags, "--seq_parallel_size", str(sp),
                  "--seq_parallel_ring_size", "1"], out / "metrics.jsonl")
     extra = (["--loss_shard_rows", str(our_loss_chunk_rows(checkpoint, length, sp))] if system == "alst_matched"
              else [])
-    return ([*launcher(sp), str(ALST_SCRIPT), "--checkpoint", str(checkpoint), "--data_path", str(data),
+    return ([*start, str(ALST_SCRIPT), "--checkpoint", str(checkpoint), "--data_path", str(data),
              "--length", str(length), "--out", str(out), *extra], out / "alst_metrics.jsonl")
 
 
+def profile_table(out_dirs: dict[str, Path], top: int = 12) -> str:
+    """Rank 0's heaviest operators (self CPU seconds in the profiled step), one column per system."""
+    profiles = {system: {row["op"]: row["self_cpu_s"] for row in
+                         json.loads((out / "profile" / "profile_rank0.json").read_text())}
+                for system, out in out_dirs.items() if (out / "profile" / "profile_rank0.json").is_file()}
+    ops = sorted({op for rows in profiles.values() for op in rows},
+                 key=lambda op: -max(rows.get(op, 0.0) for rows in profiles.values()))[:top]
+    lines = ["| operator (self CPU s, rank 0) | " + " | ".join(profiles) + " |",
+             "|---|" + "---|" * len(profiles)]
+    for op in ops:
+        lines.append(f"| `{op}` | " + " | ".join(f"{rows.get(op, 0.0):.2f}" for rows in profiles.values()) + " |")
+    lines.append("| all listed | " + " | ".join(f"{sum(rows.values()):.2f}" for rows in profiles.values()) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def run_point(system: str, checkpoint: Path, data: Path, out: Path, length: int, sp: int,
-              timeout: float) -> dict | None:
-    command, metrics = point_command(system, checkpoint, data, out, length, sp)
+              timeout: float, profile: bool = False) -> dict | None:
+    command, metrics = point_command(system, checkpoint, data, out, length, sp, profile)
     started = time.perf_counter()
     if not run_ranks(command, sp, timeout):
         return None
@@ -145,6 +167,22 @@ def summarise(rows: list[dict]) -> list[dict]:
                           "seconds_max": max(seconds), "peak_gb": statistics.median(peaks),
                           "peak_min": min(peaks), "peak_max": max(peaks)})
     return table
+
+
+def reach_summary(rows: list[dict], budget_gb: float, systems: list[str]) -> str:
+    """Per system: every length measured (speed medians and reach runs) against the budget, and its reach."""
+    peaks: dict[tuple[str, int], float] = {(t["system"], t["tokens"]): t["peak_gb"]
+                                           for t in summarise([r for r in rows if r.get("mode") != "reach"])}
+    peaks.update({(r["system"], r["tokens"]): r["peak_gb"] for r in rows if r.get("mode") == "reach"})
+    lines = [f"| system | peak GB/rank by tokens (budget {budget_gb:g} GB/rank, fixed before the runs) | reach |",
+             "|---|---|---|"]
+    for system in systems:
+        mine = sorted((tokens, peak) for (name, tokens), peak in peaks.items() if name == system)
+        fits = [tokens for tokens, peak in mine if peak <= budget_gb]
+        over = [tokens for tokens, peak in mine if peak > budget_gb]
+        reach = (f"{max(fits):,}" if fits else "none") + ("" if over else " (longest run; it still fit)")
+        lines.append(f"| {system} | " + ", ".join(f"{t // 1024}K: {p:.2f}" for t, p in mine) + f" | {reach} |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown(table: list[dict]) -> str:
@@ -195,6 +233,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lengths", default="4096,8192", help="speed mode: comma list of tokens per step")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--reach", action="store_true", help="double each system's length until over --budget_gb")
+    parser.add_argument("--profile", action="store_true", help="one run per system at the first --lengths with its "
+                        "second step under the profiler; writes alst_compare_profile.md")
     parser.add_argument("--budget_gb", type=float, default=None, help="reach mode: per-rank peak budget, fixed "
                         "before the run")
     parser.add_argument("--start", type=int, default=4096)
@@ -243,8 +283,9 @@ def main() -> None:
 
     def measure(system: str, length: int, label: str) -> dict | None:
         out = args.output_dir / "runs" / f"{system}-{length}-{label}"
-        row = run_point(system, checkpoint, data_for(length), out, length, args.sp, args.max_seconds)
-        if row is not None:
+        row = run_point(system, checkpoint, data_for(length), out, length, args.sp, args.max_seconds,
+                        profile=label == "profile")
+        if row is not None and label != "profile":  # profiled steps are slower: kept out of the timing rows
             row.update(llm=args.llm, llm_layers=args.llm_layers, run=label, mode="reach" if args.reach else "speed",
                        budget_gb=args.budget_gb if args.reach else None)
             rows.append(row)
@@ -253,15 +294,35 @@ def main() -> None:
               flush=True)
         return row
 
+    if args.profile:
+        length = args.lengths[0]
+        for system in args.systems:
+            measure(system, length, "profile")
+        table = profile_table({system: args.output_dir / "runs" / f"{system}-{length}-profile"
+                               for system in args.systems})
+        (args.output_dir / "alst_compare_profile.md").write_text(table)
+        print(table)
+        return
     if args.reach:
         fitting = {system: True for system in args.systems}
+        measured = {(t["system"], t["tokens"]): t["peak_gb"] for t in summarise(
+            [r for r in rows if r.get("mode", "speed") == "speed" and r["llm"] == args.llm
+             and r["llm_layers"] == args.llm_layers])}
         length = args.start
         while length <= args.max_length and any(fitting.values()):
             for system in [s for s in args.systems if fitting[s]]:
-                row = measure(system, length, "reach")
-                if row is None or row["peak_gb"] > args.budget_gb:
+                if (system, length) in measured:  # the speed runs' median peak: the same run, not run again
+                    peak = measured[(system, length)]
+                    print(f"{system}: {length} tokens, median peak {peak:.2f} GB/rank from the speed runs")
+                else:
+                    row = measure(system, length, "reach")
+                    peak = None if row is None else row["peak_gb"]
+                if peak is None or peak > args.budget_gb:
                     fitting[system] = False
             length *= 2
+        reach_table = reach_summary(rows, args.budget_gb, args.systems)
+        (args.output_dir / "alst_compare_reach.md").write_text(reach_table)
+        print(reach_table)
     else:
         for length in args.lengths:
             for round_index in range(args.repeats):
