@@ -32,7 +32,7 @@ import torch
 
 from longvila.constants import DEFAULT_SYSTEM, IMAGE_TOKEN, MEDIA_TOKENS, VIDEO_TOKEN
 from longvila.eval.command import OneLineParser, cli_main
-from longvila.eval.grid import EvalError
+from longvila.errors import EvalError
 from longvila.eval.runtime import check_model_dir
 from longvila.eval.scoring import stop_token_ids
 
@@ -53,7 +53,7 @@ def prompt_ids(tokenizer, question: str, medium: str | None = None, system: str 
 
 def load_media(image_processor, image=None, video=None, num_video_frames: int = 8, fps: float | None = None):
     """``media`` for a batch of one: ``[[(1, 3, H, W)]]`` for an image, ``[[(T, 3, H, W)]]`` for a video, else
-    None. Unreadable files raise :class:`longvila.data.errors.MediaError`."""
+    None. Unreadable files raise :class:`longvila.errors.MediaError`."""
     from longvila.data.image import load_image, pixel_values
     from longvila.data.video import load_video
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from longvila.config import ConfigError
+from longvila.errors import ConfigError
 
 STAGES = ("s1_align", "s2_pretrain", "s3_sft", "s4_context_ext", "s5_long_video_sft")
 

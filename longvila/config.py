@@ -21,6 +21,7 @@ from longvila.distributed.mesh import SequenceParallelConfig
 from longvila.kernels import ATTN_BACKENDS
 from longvila.model.vlm import DEFAULT_VISION_CHUNK_FRAMES
 from longvila.recipes import deepspeed_config_path, recipe_path as packaged_recipe_path
+from longvila.errors import ConfigError
 
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr")
 
@@ -29,10 +30,6 @@ def flag(default, help: str, **argparse_options):
     """A dataclass field that ``HfArgumentParser`` turns into a ``--flag`` with this help (and any extra
     ``add_argument`` options, e.g. ``nargs``/``const``/``choices``): defaults and help live beside the field."""
     return field(default=default, metadata={"help": help, **argparse_options})
-
-
-class ConfigError(ValueError):
-    """An impossible or inconsistent configuration, reported as one line before any compute."""
 
 
 @dataclass

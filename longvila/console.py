@@ -1,9 +1,8 @@
 """One wrapper for every console entry point (stages, evaluations, chat, the ``longvila`` command).
 
 A user's mistake or a stop the run decided on must read as one line on stderr with an exit code, never as a
-traceback: configuration and bad requests exit 2 (nothing was computed), bad data, unreadable media and stopped
-training exit 1. Every other exception is a bug and keeps its traceback. A configuration error is the same on every
-rank of a launch, so only rank 0 prints it.
+traceback; the classes, labels and exit codes are ``longvila/errors.py``'s table. Every other exception is a bug
+and keeps its traceback. A configuration error is the same on every rank of a launch, so only rank 0 prints it.
 """
 
 from __future__ import annotations
@@ -13,6 +12,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from longvila.errors import USER_ERRORS
 
 
 def setup_logging(rank: int | str) -> None:
@@ -26,30 +27,17 @@ def setup_logging(rank: int | str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _one_line_errors() -> tuple[tuple[type, str, int], ...]:
-    """(exception class, label, exit code), most specific first; imported here so this module stays light."""
-    from longvila.config import ConfigError
-    from longvila.data.errors import MediaError
-    from longvila.engine.checkpoint_store import TrainingError
-    from longvila.engine.data_stream import DataError
-    from longvila.eval.grid import EvalError
-
-    return ((ConfigError, "error", 2), (EvalError, "error", 2), (DataError, "data error", 1),
-            (MediaError, "media error", 1), (TrainingError, "training stopped", 1))
-
-
 def user_error_types() -> tuple[type, ...]:
     """The exception classes that reach the user as one line (the pipeline names its stage in them)."""
-    return tuple(cls for cls, _, _ in _one_line_errors())
+    return tuple(cls for cls, _, _ in USER_ERRORS)
 
 
 def run_console(prog: str, run: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> Any:
     """``run(argv)`` with the user-facing errors turned into ``<prog>: <label>: <message>`` and an exit code."""
-    rules = _one_line_errors()
     try:
         return run(list(sys.argv[1:] if argv is None else argv))
     except user_error_types() as error:
-        label, code = next((label, code) for cls, label, code in rules if isinstance(error, cls))
+        label, code = next((label, code) for cls, label, code in USER_ERRORS if isinstance(error, cls))
         if code != 2 or _launched_rank() == 0:  # every rank reaches the same configuration error: say it once
             print(f"{prog}: {label}: {error}", file=sys.stderr)
         sys.exit(code)

@@ -3,7 +3,8 @@ import sys
 
 import pytest
 
-from longvila.config import ConfigError, parse_stage_args
+from longvila.config import parse_stage_args
+from longvila.errors import ConfigError
 
 
 def test_recipe_defaults_and_flag_override(tmp_path):

@@ -3,12 +3,12 @@ traceback."""
 
 import pytest
 
-from longvila.config import ConfigError
+from longvila.errors import ConfigError
 from longvila.console import run_console
-from longvila.data.errors import MediaError
-from longvila.engine.checkpoint_store import CheckpointError, TrainingError
-from longvila.engine.data_stream import DataError
-from longvila.eval.grid import EvalError
+from longvila.errors import MediaError
+from longvila.errors import CheckpointError, TrainingError
+from longvila.errors import DataError
+from longvila.errors import EvalError
 
 
 @pytest.mark.parametrize("error, label, code", [

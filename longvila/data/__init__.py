@@ -2,7 +2,7 @@
 
 from longvila.data.collate import collate
 from longvila.data.datasets import ConversationDataset
-from longvila.data.errors import MediaError
+from longvila.errors import MediaError
 from longvila.data.image import load_image
 from longvila.data.packing import PackedTextDataset
 from longvila.data.synthetic import ensure_synthetic_data

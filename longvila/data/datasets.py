@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from longvila.constants import DEFAULT_SYSTEM, IGNORE_INDEX, IMAGE_TOKEN, VIDEO_TOKENS
-from longvila.data.errors import MediaError
+from longvila.errors import MediaError
 from longvila.data.image import load_image, open_image, pixel_values
 from longvila.data.records import read_records
 from longvila.data.template import encode_conversation, normalize_turns, special_token_id, video_token_id

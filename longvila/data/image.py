@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from longvila.data.errors import MediaError
+from longvila.errors import MediaError
 
 __all__ = ["ImageFile", "MediaError", "load_image", "open_image", "pixel_values"]
 

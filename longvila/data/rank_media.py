@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from longvila.data.errors import MediaError
+from longvila.errors import MediaError
 from longvila.data.image import pixel_values
 from longvila.distributed.mmsp import split_frames
 

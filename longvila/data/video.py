@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from longvila.data.errors import MediaError
+from longvila.errors import MediaError
 
 __all__ = ["MediaError", "VideoClip", "load_video", "num_frames_to_sample", "open_video", "sample_frame_indices"]
 

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
+from longvila.errors import CheckpointError, TrainingError
+
 logger = logging.getLogger("longvila")
 
 CHECKPOINT_DIR = "checkpoints"  # under a stage's output_dir
@@ -27,14 +29,6 @@ MARKER = "checkpoint.json"
 TRAINER_STATE = "trainer_state_rank{rank}.pt"  # per rank: data position, skip counts, RNG
 STAGING_PREFIX = ".tmp-"
 _NAME = re.compile(r"^(\.tmp-)?step-(\d+)$")
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss, a failed save); the message is one line for the user."""
-
-
-class CheckpointError(TrainingError):
-    """A checkpoint cannot be written or read."""
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-
-class DataError(RuntimeError):
-    """The dataset cannot feed training (for example: every sample is bad)."""
+from longvila.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from longvila.engine.checkpoint_store import TRAINER_STATE, Checkpoint, CheckpointError
+from longvila.engine.checkpoint_store import TRAINER_STATE, Checkpoint
+from longvila.errors import CheckpointError
 from longvila.engine.data_stream import merge_stream_states
 
 logger = logging.getLogger("longvila")

@@ -29,7 +29,8 @@ from longvila.distributed.loss import mean_loss, normalised_loss
 from longvila.distributed.mesh import ParallelDims, SequenceParallelConfig
 from longvila.engine import checkpoint_store as store
 from longvila.engine.activation_offload import offload_context
-from longvila.engine.checkpoint_store import TRAINER_STATE, CheckpointError, RunLayout, TrainingError
+from longvila.engine.checkpoint_store import TRAINER_STATE, RunLayout
+from longvila.errors import CheckpointError, TrainingError
 from longvila.engine.data_stream import MicroBatchStream
 from longvila.engine.deepspeed_config import build_deepspeed_config, zero_stage
 from longvila.engine.dist import DistEnv

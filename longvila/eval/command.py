@@ -14,7 +14,8 @@ from typing import Any
 from transformers import HfArgumentParser
 
 from longvila.config import flag
-from longvila.eval.grid import EvalError, GridSpec, depth_values
+from longvila.eval.grid import GridSpec, depth_values
+from longvila.errors import EvalError
 from longvila.eval.report import summarize, write_results
 from longvila.eval.runtime import DTYPES, EvalRuntime, check_model_dir, load_runtime
 from longvila.eval.scoring import SCORING_MODES, SCORING_RULES, uses_kv_cache

@@ -23,12 +23,11 @@ from fractions import Fraction
 
 import torch
 
+from longvila.errors import EvalError
+
 if TYPE_CHECKING:  # annotations only: the runtime module imports this one
     from longvila.eval.runtime import EvalRuntime
 
-
-class EvalError(ValueError):
-    """A bad evaluation request (flags, needle file, haystack), reported as one line before any compute."""
 
 def value_range(lo: int, hi: int, step: int, name: str) -> list[int]:
     """``range(lo, hi + 1, step)`` with one-line errors naming the ``--min_<name>/--max_<name>/--<name>_step``

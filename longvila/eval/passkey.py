@@ -31,7 +31,8 @@ from longvila.config import flag
 from longvila.constants import IGNORE_INDEX
 from longvila.eval.command import (EvalConfig, base_config, check_common, cli_main, parse_config, publish,
                                    runtime_from_args)
-from longvila.eval.grid import EvalError, GridSpec, insert_needle, run_grid, value_range
+from longvila.eval.grid import GridSpec, insert_needle, run_grid, value_range
+from longvila.errors import EvalError
 from longvila.eval.runtime import EvalRuntime
 from longvila.eval.scoring import score_sample
 

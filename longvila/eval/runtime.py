@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from longvila.eval.grid import EvalError
+from longvila.errors import EvalError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -57,7 +57,8 @@ from longvila.constants import DEFAULT_SYSTEM, IGNORE_INDEX, VIDEO_TOKEN
 from longvila.data.image import pixel_values
 from longvila.eval.command import (EvalConfig, base_config, check_common, cli_main, parse_config, publish,
                                    runtime_from_args)
-from longvila.eval.grid import EvalError, GridSpec, insert_needle, run_grid, value_range
+from longvila.eval.grid import GridSpec, insert_needle, run_grid, value_range
+from longvila.errors import EvalError
 from longvila.eval.runtime import EvalRuntime
 from longvila.eval.scoring import score_sample, swapped
 from longvila.model.media_expansion import video_positions
@@ -225,7 +226,7 @@ def encode_haystack(runtime: EvalRuntime, path, fps: float | None, max_frames: i
     """Decode ``max_frames`` haystack frames at ``fps`` with decord and encode them once, in batches."""
     from tqdm.auto import tqdm
 
-    from longvila.data.errors import MediaError
+    from longvila.errors import MediaError
 
     path = Path(path)
     if not path.is_file():

@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 
-from longvila.config import ConfigError
+from longvila.errors import ConfigError
 from longvila.plan.hardware import GPU_PRESETS, resolve_device
 from longvila.plan.planner import PlanRequest, plan
 from longvila.plan.report import format_plan, plan_json

@@ -17,7 +17,8 @@ from typing import Callable, Optional
 
 import torch.distributed as dist
 
-from longvila.config import ConfigError, StageArguments, parse_stage_args
+from longvila.config import StageArguments, parse_stage_args
+from longvila.errors import ConfigError
 
 logger = logging.getLogger("longvila")
 
@@ -47,7 +48,7 @@ def _build_dataset(spec: StageSpec, args: StageArguments, tokenizer, image_proce
     from longvila.data.mixture import MixtureDataset
     from longvila.data.mixture_spec import SourceSpec, data_sources
     from longvila.data.synthetic import ensure_synthetic_data
-    from longvila.engine.data_stream import DataError
+    from longvila.errors import DataError
 
     try:
         sources = data_sources(args.data.data_path, args.data.data_mixture, args.data.media_root)

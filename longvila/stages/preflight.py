@@ -12,7 +12,8 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from longvila.config import ConfigError, StageArguments
+from longvila.config import StageArguments
+from longvila.errors import ConfigError
 from longvila.distributed.mesh import SequenceParallelConfig, check_heads
 from longvila.engine import checkpoint_store as store
 

@@ -4,10 +4,12 @@ from collections import Counter
 
 import pytest
 
-from longvila.config import ConfigError, parse_stage_args
+from longvila.config import parse_stage_args
+from longvila.errors import ConfigError
 from longvila.data.mixture import MixtureDataset
 from longvila.data.mixture_spec import data_sources
-from longvila.engine.data_stream import DataError, MicroBatchStream
+from longvila.engine.data_stream import MicroBatchStream
+from longvila.errors import DataError
 
 
 class Source:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from longvila.data.collate import collate
-from longvila.data.errors import MediaError
+from longvila.errors import MediaError
 from longvila.data.image import ImageFile, open_image, pixel_values
 from longvila.data.rank_media import RankMedia
 from longvila.data.video import VideoClip, load_video, open_video

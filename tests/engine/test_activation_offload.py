@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from longvila.config import ConfigError, parse_stage_args
+from longvila.config import parse_stage_args
+from longvila.errors import ConfigError
 from longvila.engine.activation_offload import checkpointing_mode, offload_context
 
 

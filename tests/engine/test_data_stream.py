@@ -1,6 +1,7 @@
 import pytest
 
-from longvila.engine.data_stream import DataError, MicroBatchStream
+from longvila.engine.data_stream import MicroBatchStream
+from longvila.errors import DataError
 
 
 class FlakyDataset:

@@ -8,7 +8,8 @@ import time
 import pytest
 import torch.multiprocessing as mp
 
-from longvila.engine.data_stream import DataError, MicroBatchStream
+from longvila.engine.data_stream import MicroBatchStream
+from longvila.errors import DataError
 from longvila.engine.prefetch import PrefetchingStream, failed_rows_agreement
 
 

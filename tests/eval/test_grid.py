@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from longvila.constants import IGNORE_INDEX
-from longvila.eval.grid import EvalError, depth_values, insert_needle, needle_index, value_range
+from longvila.eval.grid import depth_values, insert_needle, needle_index, value_range
+from longvila.errors import EvalError
 from longvila.eval.scoring import greedy_generate, is_correct, normalize_answer, score, score_sample, teacher_forced
 from longvila.model.loss import cross_entropy_sum, shift_labels
 

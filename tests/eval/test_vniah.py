@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from longvila.eval.grid import EvalError, insert_needle, needle_index
+from longvila.eval.grid import insert_needle, needle_index
+from longvila.errors import EvalError
 from longvila.eval.vniah import (
     COLOUR_QUESTION,
     VNIAHConfig,

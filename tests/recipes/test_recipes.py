@@ -12,7 +12,8 @@ import yaml
 
 import longvila
 from longvila.cli import STAGES
-from longvila.config import ConfigError, DataArguments, ModelArguments, load_recipe, parse_stage_args
+from longvila.config import DataArguments, ModelArguments, load_recipe, parse_stage_args
+from longvila.errors import ConfigError
 from longvila.engine.activation_offload import checkpointing_mode
 from longvila.engine.deepspeed_config import build_deepspeed_config, zero_stage
 from longvila.recipes import deepspeed_config_names, deepspeed_config_path, recipe_names, recipe_path

@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
-from longvila.config import ConfigError, parse_stage_args
+from longvila.config import parse_stage_args
+from longvila.errors import ConfigError
 from longvila.distributed.mesh import SequenceParallelConfig
-from longvila.engine.checkpoint_store import CheckpointError
+from longvila.errors import CheckpointError
 from longvila.stages.preflight import check_sequence_parallel_heads, resolve_resume
 
 LOADED = "model loaded in"  # the stage's log line once the weights are in memory
