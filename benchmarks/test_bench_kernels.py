@@ -117,7 +117,8 @@ PACKED = dict(hq=16, hkv=4, s=8192, d=128, docs=8, dtype=torch.bfloat16) if ON_G
 
 def _packed_inputs(device):
     """A causal block of PACKED["docs"] documents of random lengths, as ring attention's diagonal step sees it."""
-    from longvila.distributed.block_attention import MathBackend, TorchBackend
+    from longvila.distributed.block_attention import TorchBackend
+    from longvila.distributed.block_contract import MathBackend
 
     g = torch.Generator().manual_seed(5)
     s = PACKED["s"]

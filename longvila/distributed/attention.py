@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import torch
 
-from longvila.model.attention import local_attention
-
 from .block_attention import TorchBackend, block_attention, get_block_backend
+from .document_split import segment_ids as document_ids
+from .local_attention import local_attention
 from .mesh import ProcessGroups, SequenceParallelConfig
 from .ring import ring_attention
-from .sharding import segment_ids_from_position_ids
 from .ulysses import ulysses_attention
 from .usp import usp_attention
 
@@ -66,7 +65,7 @@ class AttentionDispatcher:
     ``backend`` is a block-backend name or object (:func:`~longvila.distributed.block_attention.get_block_backend`),
     resolved here once; a custom backend is just an object given to the dispatcher.
 
-    Without SP on the torch backend the local path (``longvila/model/attention.py``) runs SDPA per document; a
+    Without SP on the torch backend the local path (``longvila/distributed/local_attention.py``) runs SDPA per document; a
     KV-cache decode step (fewer queries than keys) always runs there, as cached decoding only runs unsharded.
     """
 
@@ -92,7 +91,7 @@ class AttentionDispatcher:
                 raise ValueError("sequence-parallel attention needs the global segment_ids kwarg from shard_sequence")
             if position_ids is not None:
                 pos = position_ids if position_ids.dim() == 2 else position_ids.unsqueeze(0)
-                segment_ids = segment_ids_from_position_ids(pos).expand(query.shape[0], -1)
+                segment_ids = document_ids(pos).expand(query.shape[0], -1)
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         causal = getattr(module, "is_causal", True)
         out = sequence_parallel_attention(query, key, value, scale=scale, segment_ids=segment_ids, cfg=self.cfg,

@@ -1,7 +1,7 @@
 """The ``flash_attn`` block backend: the flash-attn package's internal forward/backward (optional dependency).
 
 Kept apart from ``longvila/distributed/block_attention.py`` because the package is optional and CUDA-only; the
-contract, the per-document splitting and the math fallback come from there.
+per-document splitting and the math fallback come from ``longvila/distributed/document_split.py``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .block_attention import DocumentSplitBackend
+from .document_split import DocumentSplitBackend
 from .lse import normalise_lse
 
 

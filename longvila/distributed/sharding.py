@@ -28,6 +28,7 @@ import torch.distributed as dist
 
 from longvila.constants import IGNORE_INDEX
 
+from .document_split import segment_ids as document_ids
 from .mesh import ProcessGroups, SequenceParallelConfig
 
 
@@ -119,11 +120,6 @@ def gather_sequence(local: torch.Tensor, cfg: SequenceParallelConfig, groups: Pr
     return unshard_sequence(parts, cfg, dim)
 
 
-def segment_ids_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor:
-    """Document ids of a packed sequence: a new document starts wherever the position restarts at 0."""
-    return torch.cumsum((position_ids == 0).to(torch.long), dim=-1)
-
-
 _DEFAULT_PADS = {"labels": IGNORE_INDEX, "attention_mask": 0}
 
 
@@ -178,7 +174,7 @@ def shard_sequence(
         fill = seg.max(dim=1, keepdim=True).values + 1
         out["segment_ids"] = torch.cat([seg, fill.expand(seg.shape[0], n_pad)], dim=1)
     else:
-        out["segment_ids"] = segment_ids_from_position_ids(out["position_ids"])
+        out["segment_ids"] = document_ids(out["position_ids"])
 
     if not cfg.enabled:
         return out

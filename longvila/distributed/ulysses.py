@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from .block_attention import block_attention
+from .block_contract import expand_kv
 from .mesh import check_heads
 
 
@@ -111,7 +112,7 @@ def replicate_kv_heads(x: torch.Tensor, ulysses_size: int) -> torch.Tensor:
     kv head u // (U/Hkv) — exactly copy u of ``repeat_interleave(U/Hkv)``.
     """
     rep = ulysses_size // x.shape[1]
-    return x if rep <= 1 else x.repeat_interleave(rep, dim=1)
+    return expand_kv(x, max(1, rep))
 
 
 def ulysses_attention(q, k, v, *, scale: float, causal: bool = True, segment_ids_local=None, group=None,

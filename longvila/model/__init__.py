@@ -14,6 +14,5 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "tiny": ("tiny_model_path",),
     "checkpoint": ("save_vila", "load_vila"),
     "lora": ("apply_llm_lora", "apply_vision_lora", "merge_lora"),
-    "attention": ("local_attention",),
     "rope": ("extend_context",),
 })

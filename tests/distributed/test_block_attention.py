@@ -6,13 +6,8 @@ import importlib.util
 import pytest
 import torch
 
-from longvila.distributed.block_attention import (
-    MathBackend,
-    TorchBackend,
-    available_backends,
-    block_attention,
-    get_block_backend,
-)
+from longvila.distributed.block_attention import TorchBackend, available_backends, block_attention, get_block_backend
+from longvila.distributed.block_contract import MathBackend
 from longvila.distributed.lse import merge_attention
 
 from .sp_cases import block_inputs, reference_attention

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from longvila.distributed.block_attention import MathBackend
+from longvila.distributed.block_contract import MathBackend
 from longvila.distributed.flash_attn_backend import FlashAttnBackend
 
 from . import flash_attn_standin

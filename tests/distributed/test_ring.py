@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from longvila.distributed.block_attention import MathBackend
+from longvila.distributed.block_contract import MathBackend
 from longvila.distributed.ring import ring_attention, zigzag_ring_attention
 from longvila.distributed.sharding import contiguous_shard, zigzag_shard, zigzag_unshard
 

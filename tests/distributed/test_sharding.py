@@ -8,7 +8,6 @@ from longvila.distributed.mesh import SequenceParallelConfig
 from longvila.distributed.sharding import (
     contiguous_shard,
     pad_to_multiple,
-    segment_ids_from_position_ids,
     sequence_indices,
     shard_indices,
     shard_sequence,
@@ -72,11 +71,6 @@ def test_zigzag_and_contiguous_shard_roundtrip():
         contiguous_shard(x, 1, 0, 5)
     with pytest.raises(ValueError):
         shard_indices(16, ring_rank=2, ring_size=2)
-
-
-def test_segment_ids_from_position_ids():
-    pos = torch.tensor([[0, 1, 2, 0, 1, 0, 0, 1]])
-    assert segment_ids_from_position_ids(pos).tolist() == [[1, 1, 1, 2, 2, 3, 4, 4]]
 
 
 def test_shard_sequence_pads_and_shards_everything_alike():

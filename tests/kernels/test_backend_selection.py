@@ -76,7 +76,7 @@ def test_interpreter_from_the_process_environment_runs_every_kernel():
         "q = torch.randn(1, 2, 19, 16)\n"
         "seg = torch.tensor([[0] * 7 + [1] * 12], dtype=torch.int32)\n"
         "out, lse = fa.flash_attn_forward(q, q, q, causal=True, scale=0.25, q_segment_ids=seg, k_segment_ids=seg)\n"
-        "from longvila.distributed.block_attention import MathBackend\n"
+        "from longvila.distributed.block_contract import MathBackend\n"
         "ref, _ = MathBackend().forward(q, q, q, causal=True, scale=0.25, q_segment_ids=seg, k_segment_ids=seg)\n"
         "torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)\n"
         "dq, dk, dv = fa.flash_attn_backward(q, q, q, q, out, lse, causal=True, scale=0.25, q_segment_ids=seg,\n"

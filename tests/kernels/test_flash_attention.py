@@ -19,7 +19,7 @@ import tempfile
 import pytest
 import torch
 
-from longvila.distributed.block_attention import MathBackend
+from longvila.distributed.block_contract import MathBackend
 from longvila.kernels import flash_attention as fa
 from longvila.kernels.lse_merge import lse_merge
 

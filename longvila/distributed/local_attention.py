@@ -5,7 +5,7 @@ attend across documents, and HF would otherwise build an O(S^2) float mask per l
 ``position_ids`` HF already forwards to attention (segment id = cumsum(position_ids == 0)); the model passes
 ``attention_mask={"full_attention": None}`` so HF builds no mask at all. A packed row is split into its documents
 by the same rule the sequence-parallel block backends use (``document_pieces`` in
-``longvila/distributed/block_attention.py``), and each document runs SDPA's mask-free causal kernel.
+``longvila/distributed/document_split.py``), and each document runs SDPA's mask-free causal kernel.
 
 The dispatcher that calls this (``longvila/distributed/attention.py:AttentionDispatcher``) is what the model is
 given; this module only computes.
@@ -16,21 +16,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .block_contract import expand_kv
+from .document_split import document_pieces, segment_ids
+
 _SDPA_HAS_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)  # SDPA enable_gqa since 2.5
-
-
-def segment_ids(position_ids: torch.Tensor) -> torch.Tensor:
-    """Document id per token: a new document starts wherever the position restarts at 0."""
-    return torch.cumsum(position_ids == 0, dim=-1)
 
 
 def has_multiple_segments(position_ids: torch.Tensor | None) -> bool:
     """True when some row restarts its positions after the first token (packing or right padding)."""
     return position_ids is not None and position_ids.shape[-1] > 1 and bool((position_ids[..., 1:] == 0).any())
-
-
-def _expand_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
-    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
 
 def local_attention(
@@ -63,7 +57,7 @@ def local_attention(
         if _SDPA_HAS_GQA:
             extra["enable_gqa"] = True
         else:
-            k, v = _expand_kv(k, hq // hkv), _expand_kv(v, hq // hkv)
+            k, v = expand_kv(k, hq // hkv), expand_kv(v, hq // hkv)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale, **extra)
     return out.transpose(1, 2).contiguous()
 
@@ -74,8 +68,6 @@ def _per_document_attention(q, k, v, *, scale, position_ids) -> torch.Tensor:
     Costs sum(len_doc^2) instead of the S^2 of a block-diagonal mask, and keeps SDPA on its fused (mask-free)
     kernels; a 4K-token packed row of 1K-token documents runs about 4x less attention work.
     """
-    from longvila.distributed.block_attention import document_pieces  # the package imports this module
-
     seg = segment_ids(position_ids)
     rows = []
     for b, pieces in enumerate(document_pieces(seg, seg, causal=True)):
