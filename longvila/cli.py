@@ -18,15 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from longvila.errors import ConfigError
-
-STAGES = ("s1_align", "s2_pretrain", "s3_sft", "s4_context_ext", "s5_long_video_sft")
-
-
-def stage_spec(name: str):
-    if name not in STAGES:
-        raise ConfigError(f"unknown stage {name!r}; choose one of {', '.join(STAGES)}")
-    return importlib.import_module(f"longvila.stages.{name}").SPEC
-
+from longvila.stages import STAGES, stage_spec
 
 START_FLAGS = ("--model_name_or_path", "--vision_tower", "--mm_projector", "--mm_vision_select_layer",
                "--mm_vision_select_feature", "--chat_template", "--mm_projector_token_order")

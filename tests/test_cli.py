@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from longvila.cli import STAGES
+from longvila.stages import STAGES
 from longvila.engine.metrics import read_metrics
 
 

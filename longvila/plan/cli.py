@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 def request_from_args(args: argparse.Namespace) -> PlanRequest:
     device = resolve_device(args.device, args.gpu_memory_gb)
     stage = args.stage or ("s5_long_video_sft" if args.num_video_frames is not None else "s4_context_ext")
-    from longvila.cli import stage_spec
+    from longvila.stages import stage_spec
 
     stage_spec(stage)
     per_node = args.gpus_per_node or (args.gpus if not device.is_cuda else 8)

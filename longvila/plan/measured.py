@@ -126,7 +126,7 @@ def video_probe_shape(probe: str = "qwen2-0.5b-1L-siglip-1L", lora_vision: bool 
     as ``--lora_vision``). The default probe: Qwen2-0.5B shapes with one decoder layer and the real vocabulary,
     SigLIP-so400m shapes with one layer (at select layer -2 the tower runs its patch embedding only),
     ``mlp_downsample``."""
-    from longvila.cli import stage_spec
+    from longvila.stages import stage_spec
 
     llm, layers, _, vision_layers = probe.rsplit("-", 3)
     if not (layers.endswith("L") and vision_layers.endswith("L")):

@@ -109,6 +109,6 @@ class TrainingChoices:
 
     @property
     def trains(self) -> frozenset:
-        from longvila.cli import stage_spec
+        from longvila.stages import stage_spec
 
         return stage_spec(self.stage).trains

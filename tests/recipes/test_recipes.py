@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 import longvila
-from longvila.cli import STAGES
+from longvila.stages import STAGES
 from longvila.config import DataArguments, ModelArguments, load_recipe, parse_stage_args
 from longvila.errors import ConfigError
 from longvila.engine.activation_offload import checkpointing_mode

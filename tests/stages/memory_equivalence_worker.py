@@ -6,7 +6,7 @@ Usage: worker.py OUT_ROOT LONG_TEXT_DATA STEPS. Writes OUT_ROOT/<layout>/<varian
 import sys
 from pathlib import Path
 
-from longvila.cli import stage_spec
+from longvila.stages import stage_spec
 from longvila.stages.common import run_stage
 
 LAYOUTS = {

@@ -7,7 +7,7 @@ pays the 4-process start-up once. Usage: worker.py OUT_ROOT LONG_TEXT_DATA VIDEO
 import sys
 from pathlib import Path
 
-from longvila.cli import stage_spec
+from longvila.stages import stage_spec
 from longvila.stages.common import run_stage
 
 LAYOUTS = {

@@ -3,7 +3,7 @@ ZeRO-2; ``longvila plan`` picks them when a run does not fit otherwise."""
 
 import pytest
 
-from longvila.cli import stage_spec
+from longvila.stages import stage_spec
 from longvila.stages.common import run_stage
 
 
