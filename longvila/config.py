@@ -18,7 +18,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from longvila.distributed.mesh import SequenceParallelConfig
-from longvila.kernels import ATTN_BACKENDS
+from longvila.distributed.block_attention import ATTN_BACKENDS
 from longvila.model.vlm import DEFAULT_VISION_CHUNK_FRAMES
 from longvila.recipes import deepspeed_config_path, recipe_path as packaged_recipe_path
 from longvila.errors import ConfigError
@@ -55,7 +55,8 @@ class ModelArguments:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
-    attn_backend: str = flag("auto", "auto | triton | flash_attn | torch")
+    attn_backend: str = flag("auto", "auto (Triton on CUDA, torch elsewhere) | triton | flash_attn | torch | math "
+                             "(the explicit O(S^2) reference)")
     loss_impl: str = flag("chunked", "chunked (default: never more than one chunk of logits) | naive (full logits; the "
                           "reference).")
     tiled_mlp_tokens: int = flag(4096, "Run each decoder MLP in tiles of this many tokens (recomputed in the backward) "

@@ -10,6 +10,7 @@ only when it imports). ``torch`` and ``flash_attn`` take no mask: packed documen
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -106,6 +107,8 @@ _FACTORIES: Mapping[str, Callable[[], Any]] = MappingProxyType({
     "triton": TritonBackend,
     "flash_attn": _flash_attn_backend,
 })
+ATTN_BACKENDS = ("auto", *_FACTORIES)
+"""``--attn_backend``'s choices: "auto" and every backend name; the one list (``resolve_backend`` checks it)."""
 
 
 def available_backends() -> list[str]:
@@ -113,9 +116,39 @@ def available_backends() -> list[str]:
     return sorted(_FACTORIES)
 
 
+def _check_runnable(name: str, device: torch.device) -> None:
+    """ValueError naming what is missing when backend ``name`` cannot run on ``device`` in this process."""
+    from longvila.kernels import require_triton
+
+    if name == "triton":
+        require_triton(device, "attn backend 'triton'")
+    elif name == "flash_attn":
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ValueError("attn backend 'flash_attn' needs the flash-attn package (pip install "
+                             "longvila[flash-attn])")
+        if device.type != "cuda" or not torch.cuda.is_available():
+            raise ValueError(f"attn backend 'flash_attn' needs a CUDA device, got {device}")
+
+
+def resolve_backend(name: str, device: torch.device | str) -> BlockBackend:
+    """``--attn_backend`` for ``device`` as a backend object: "auto" is Triton on CUDA (where it can launch) and
+    torch elsewhere (flash_attn only when asked for by name); a backend that cannot run here is refused in one
+    line that names what is missing, before any compute."""
+    from longvila.kernels import triton_available
+
+    if name not in ATTN_BACKENDS:
+        raise ValueError(f"unknown attn backend {name!r}; choose one of {', '.join(ATTN_BACKENDS)}")
+    dev = torch.device(device)
+    if name == "auto":
+        name = "triton" if dev.type == "cuda" and triton_available(dev) else "torch"
+    _check_runnable(name, dev)
+    return _FACTORIES[name]()
+
+
 def get_block_backend(backend: str | BlockBackend = "torch") -> BlockBackend:
     """A new backend object for a name; a backend object (anything with callable ``.forward``/``.backward``) is
-    returned unchanged.
+    returned unchanged. Unlike :func:`resolve_backend` it does not check the device: the distributed functions
+    take names in tests and benchmarks, where the caller picked the backend for the device.
 
     Nothing is cached here: the model's :class:`~longvila.distributed.attention.AttentionDispatcher` resolves its
     backend once at construction and passes the object down, so a custom backend is simply an object handed to

@@ -53,9 +53,9 @@ class SequenceSharder:
                        segment_ids=shard["segment_ids"], media_routes=routes)
 
 
-def install_parallelism(model, sp: SequenceParallelConfig, attn_backend: str = "torch") -> ParallelDims:
+def install_parallelism(model, sp: SequenceParallelConfig, attn_backend="torch") -> ParallelDims:
     """Build the device mesh, give ``model`` its attention dispatcher and sharding hooks, and return the run's
-    :class:`ParallelDims`. ``attn_backend`` is a resolved block-backend name ("torch", "triton", "flash_attn")."""
+    :class:`ParallelDims`. ``attn_backend`` is a block backend (an object from ``resolve_backend``, or a name)."""
     dims = ParallelDims.build(sp, dist.get_world_size(), dist.get_rank())
     model.set_attention(AttentionDispatcher(sp, dims.groups, attn_backend))
     if sp.enabled:

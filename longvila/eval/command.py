@@ -45,7 +45,7 @@ class EvalConfig:
     seq_parallel_size: int = flag(1, "SP degree (launch with torchrun).")
     seq_parallel_ring_size: int = flag(1, "Ring degree; ulysses = SP / ring.")
     seq_parallel_ring_type: str = flag("zigzag_ring", "zigzag_ring | ring")
-    attn_backend: str = flag("auto", "auto | triton | flash_attn | torch")
+    attn_backend: str = flag("auto", "auto (Triton on CUDA, torch elsewhere) | triton | flash_attn | torch | math")
     dtype: str | None = flag(None, "Model dtype. Default: bfloat16 on CUDA, float32 on CPU.", choices=sorted(DTYPES))
     seed: int = 0
     title: str | None = flag(None, "Heatmap title (default: task and model).")

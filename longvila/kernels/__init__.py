@@ -1,4 +1,7 @@
-"""Triton kernels (flash attention with LSE, LSE merge, RMSNorm, RoPE, chunked linear+CE) and backend selection.
+"""Triton kernels (flash attention with LSE, LSE merge, RMSNorm, RoPE, chunked linear+CE) and whether they can run.
+
+Which attention backend a run uses is decided in one place, ``longvila/distributed/block_attention.py``
+(``resolve_backend``); this package only says whether Triton can launch here.
 
 Each kernel lives in its own module beside its ``torch.autograd.Function`` (and, for RMSNorm, RoPE and the
 chunked cross-entropy, the torch path that runs where a kernel cannot launch). The kernels are tested against the
@@ -10,14 +13,9 @@ fixed when the kernels are imported; see ``_triton.py``). Kernel modules are imp
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
 from ._triton import HAS_TRITON, interpreting
-
-ATTN_BACKENDS = ("auto", "triton", "flash_attn", "torch")
-
 
 def triton_available(device: torch.device | str | None = None) -> bool:
     """Whether the Triton kernels can run here: on CUDA with triton installed, or anywhere under the interpreter.
@@ -49,28 +47,4 @@ def require_triton(device: torch.device | str, what: str) -> None:
         )
 
 
-def resolve_attn_backend(name: str, device: torch.device | str) -> str:
-    """Map ``--attn_backend`` to a concrete backend for ``device``: one of "triton", "flash_attn", "torch".
-
-    "auto" picks Triton on CUDA and torch on CPU (flash_attn is only used when asked for by name). Asking for a
-    backend that cannot run here raises ValueError naming what is missing.
-    """
-    if name not in ATTN_BACKENDS:
-        raise ValueError(f"unknown attn backend {name!r}; choose one of {', '.join(ATTN_BACKENDS)}")
-    dev = torch.device(device)
-    if name == "auto":
-        return "triton" if dev.type == "cuda" and triton_available(dev) else "torch"
-    if name == "torch":
-        return "torch"
-    if name == "triton":
-        require_triton(dev, "attn backend 'triton'")
-        return "triton"
-    # flash_attn
-    if importlib.util.find_spec("flash_attn") is None:
-        raise ValueError("attn backend 'flash_attn' needs the flash-attn package (pip install longvila[flash-attn])")
-    if dev.type != "cuda" or not torch.cuda.is_available():
-        raise ValueError(f"attn backend 'flash_attn' needs a CUDA device, got {dev}")
-    return "flash_attn"
-
-
-__all__ = ["ATTN_BACKENDS", "require_triton", "resolve_attn_backend", "triton_available"]
+__all__ = ["require_triton", "triton_available"]

@@ -1,4 +1,5 @@
-"""longvila.kernels package API: import safety, triton_available, resolve_attn_backend; the interpreter mode."""
+"""longvila.kernels package API: import safety, triton_available, the interpreter mode; and resolve_backend
+(``longvila/distributed/block_attention.py``), the one place --attn_backend is decided, as it sees the kernels."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 import longvila.kernels as kernels
+from longvila.distributed.block_attention import resolve_backend
 from longvila.kernels._triton import interpreting
 
 
@@ -27,7 +29,7 @@ def test_interpreter_is_active_on_cpu():
     torch.testing.assert_close(out, o)
     torch.testing.assert_close(lse, torch.full((3,), float(torch.log(torch.tensor(2.0)))))
     assert kernels.triton_available() and kernels.triton_available("cpu")
-    assert kernels.resolve_attn_backend("triton", "cpu") == "triton"
+    assert resolve_backend("triton", "cpu").name == "triton"
 
 
 def _run_python(code: str, interpret: bool) -> None:
@@ -46,7 +48,8 @@ def test_everything_imports_on_cpu_without_the_interpreter():
         "import longvila.kernels.flash_attention, longvila.kernels.lse_merge, longvila.kernels.rmsnorm\n"
         "import longvila.kernels.rope, longvila.kernels.fused_linear_ce as ce\n"
         "assert k.triton_available('cpu') is False\n"
-        "assert k.resolve_attn_backend('auto', 'cpu') == 'torch'\n"
+        "from longvila.distributed.block_attention import resolve_backend\n"
+        "assert resolve_backend('auto', 'cpu').name == 'torch'\n"
         "h = torch.randn(5, 8, requires_grad=True); w = torch.randn(11, 8)\n"
         "loss, n = ce.cross_entropy_sum(h, w, torch.tensor([1, 2, -100, 3, 4]))\n"  # torch path of the same algorithm
         "loss.backward(); assert int(n) == 4\n"
@@ -124,7 +127,8 @@ def test_everything_imports_without_triton():
         "sys.modules['triton'] = None\n"  # makes `import triton` raise ImportError
         "import torch, longvila.kernels as k\n"
         "from longvila.kernels import flash_attention as fa, fused_linear_ce as ce, lse_merge, rmsnorm, rope\n"
-        "assert k.triton_available() is False and k.resolve_attn_backend('auto', 'cpu') == 'torch'\n"
+        "from longvila.distributed.block_attention import resolve_backend\n"
+        "assert k.triton_available() is False and resolve_backend('auto', 'cpu').name == 'torch'\n"
         "loss, n = ce.cross_entropy_sum(torch.randn(3, 8), torch.randn(5, 8), torch.tensor([1, 2, 3]))\n"
         "assert int(n) == 3\n"
         "assert rmsnorm.FusedRMSNorm(8)(torch.randn(2, 8)).shape == (2, 8)\n"
@@ -141,21 +145,22 @@ def test_everything_imports_without_triton():
     _run_python(code, interpret=False)
 
 
-def test_resolve_attn_backend():
-    assert kernels.resolve_attn_backend("torch", "cpu") == "torch"
-    assert kernels.resolve_attn_backend("auto", "cpu") == "torch"
+def test_resolve_backend():
+    assert resolve_backend("torch", "cpu").name == "torch"
+    assert resolve_backend("auto", "cpu").name == "torch"
+    assert resolve_backend("math", "cpu").name == "math"
     if torch.cuda.is_available():
-        assert kernels.resolve_attn_backend("auto", "cuda") == "triton"
+        assert resolve_backend("auto", "cuda").name == "triton"
     with pytest.raises(ValueError, match="unknown attn backend"):
-        kernels.resolve_attn_backend("sdpa", "cpu")
+        resolve_backend("sdpa", "cpu")
     if importlib.util.find_spec("flash_attn") is None or not torch.cuda.is_available():
         with pytest.raises(ValueError, match="flash"):
-            kernels.resolve_attn_backend("flash_attn", "cpu")
+            resolve_backend("flash_attn", "cpu")
 
 
 @pytest.mark.skipif(interpreting(), reason="this session runs the CPU interpreter; test_interpreter_is_active_on_cpu "
                     "checks the triton backend on CPU there")
 def test_triton_backend_on_cpu_needs_the_interpreter():
     with pytest.raises(ValueError, match="TRITON_INTERPRET"):
-        kernels.resolve_attn_backend("triton", "cpu")
+        resolve_backend("triton", "cpu")
     assert kernels.triton_available("cpu") is False
