@@ -36,10 +36,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
-from rank_runs import launcher, run_ranks
+from rank_runs import launcher, run_measured_steps
 
 from longvila.plan.measured import probe_step_flags
 
@@ -141,15 +140,8 @@ def profile_table(out_dirs: dict[str, Path], top: int = 12) -> str:
 def run_point(system: str, checkpoint: Path, data: Path, out: Path, length: int, sp: int,
               timeout: float, profile: bool = False) -> dict | None:
     command, metrics = point_command(system, checkpoint, data, out, length, sp, profile)
-    started = time.perf_counter()
-    if not run_ranks(command, sp, timeout):
-        return None
-    first, last = (json.loads(line) for line in metrics.read_text().splitlines()[:2])
-    for weights in out.rglob("*.safetensors"):  # the trained model is not the point; keep the disk free
-        weights.unlink()
-    return {"system": system, "sp": sp, "tokens": length, "peak_gb": last["max_memory_gb"],
-            "step_peak_gb": last.get("step_peak_memory_gb"), "step_seconds": last["step_seconds"],
-            "first_loss": first["loss"], "second_loss": last["loss"], "wall_s": time.perf_counter() - started}
+    measured = run_measured_steps(command, metrics, out, sp, timeout)
+    return None if measured is None else {"system": system, "tokens": length, **measured}
 
 
 def summarise(rows: list[dict]) -> list[dict]:

@@ -29,10 +29,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-from rank_runs import launcher, provenance, run_ranks, save_line_plot
+from rank_runs import launcher, provenance, run_measured_steps, save_line_plot
 
 from longvila.plan.measured import BENCHMARK_SYSTEMS, probe_step_flags, system_flags
 
@@ -60,16 +59,10 @@ def point_command(checkpoint: Path, out: Path, system: str, length: int, sp: int
 def run_point(checkpoint: Path, out: Path, system: str, length: int, sp: int, extra: list[str],
               timeout: float, ring: int = 1) -> dict | None:
     command, metrics = point_command(checkpoint, out, system, length, sp, extra, ring)
-    started = time.perf_counter()
-    if not run_ranks(command, sp, timeout):
+    measured = run_measured_steps(command, metrics, out, sp, timeout)
+    if measured is None:
         return None
-    first, last = (json.loads(line) for line in metrics.read_text().splitlines()[:2])
-    for weights in out.rglob("*.safetensors"):  # the trained model is not the point; keep the disk free
-        weights.unlink()
-    return {"system": system, "sp": sp, "tokens": length, "peak_gb": last["max_memory_gb"],
-            "step_peak_gb": last.get("step_peak_memory_gb"),
-            "tokens_per_sec": length / last["step_seconds"], "step_seconds": last["step_seconds"],
-            "first_loss": first["loss"], "wall_s": time.perf_counter() - started}
+    return {"system": system, "tokens": length, "tokens_per_sec": length / measured["step_seconds"], **measured}
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:

@@ -6,9 +6,12 @@ the ranks, so points measured one after the other do not inherit each other's al
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 
 def launcher(sp: int) -> list[str]:
@@ -48,6 +51,21 @@ def provenance() -> dict:
 
     commit = git("rev-parse", "--short", "HEAD") + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
     return {"command": shlex.join(["python", *sys.argv]), "commit": commit}
+
+
+def run_measured_steps(command: list[str], metrics: Path, out: Path, sp: int, timeout: float) -> dict | None:
+    """Run a two-step measured run (``run_ranks``) and read its JSON-lines ``metrics``: the second step's peaks
+    (run and step, max over ranks) and seconds, both steps' losses and the run's wall seconds; None if it failed.
+    The trained weights under ``out`` are deleted (the model is not the point; the disk stays free)."""
+    started = time.perf_counter()
+    if not run_ranks(command, sp, timeout):
+        return None
+    first, last = (json.loads(line) for line in metrics.read_text().splitlines()[:2])
+    for weights in out.rglob("*.safetensors"):
+        weights.unlink()
+    return {"sp": sp, "peak_gb": last["max_memory_gb"], "step_peak_gb": last.get("step_peak_memory_gb"),
+            "step_seconds": last["step_seconds"], "first_loss": first["loss"], "second_loss": last["loss"],
+            "wall_s": time.perf_counter() - started}
 
 
 def save_line_plot(series: dict[str, list[tuple[float, float]]], path, xlabel: str, ylabel: str, title: str) -> None:
