@@ -21,7 +21,7 @@ from longvila.distributed.mesh import SequenceParallelConfig
 from longvila.distributed.block_attention import ATTN_BACKENDS
 from longvila.model.vlm import DEFAULT_VISION_CHUNK_FRAMES
 from longvila.recipes import deepspeed_config_path, recipe_path as packaged_recipe_path
-from longvila.errors import ConfigError
+from longvila.errors import ConfigError, reported_as
 
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr")
 
@@ -177,10 +177,8 @@ def parse_stage_args(stage: str, argv: Optional[list[str]] = None) -> StageArgum
     if recipe_flag:
         recipe_path = Path(recipe_flag)
     else:
-        try:
+        with reported_as(ConfigError, FileNotFoundError):
             recipe_path = packaged_recipe_path(stage)
-        except FileNotFoundError as error:
-            raise ConfigError(str(error)) from None
     defaults = load_recipe(recipe_path)
     parser = OneLineArgumentParser((ModelArguments, DataArguments, TrainArguments), prog=f"longvila.stages.{stage}",
                                   allow_abbrev=False)
@@ -199,16 +197,12 @@ def validate(args: StageArguments) -> None:
     from longvila.engine.checkpoint_store import check_writable
 
     t, d, m = args.train, args.data, args.model
-    try:
+    with reported_as(ConfigError):
         t.gradient_checkpointing = checkpointing_mode(t.gradient_checkpointing)
-    except ValueError as error:
-        raise ConfigError(str(error)) from error
     if not t.output_dir:
         raise ConfigError("--output_dir is required")
-    try:
+    with reported_as(ConfigError, PermissionError):
         check_writable(t.output_dir)
-    except PermissionError as error:
-        raise ConfigError(str(error)) from None
     sp_problem = _sequence_parallel_problem(t)
     checks = [
         (t.max_steps == 0 or t.max_steps < -1, f"--max_steps must be positive or -1, got {t.max_steps}"),
@@ -244,10 +238,8 @@ def validate(args: StageArguments) -> None:
         if failed:
             raise ConfigError(message)
     _validate_model_folders(m)
-    try:
+    with reported_as(ConfigError, FileNotFoundError):
         deepspeed_config_path(t.deepspeed)
-    except FileNotFoundError as error:
-        raise ConfigError(str(error)) from None
     _validate_data_sources(d)
 
 
@@ -268,21 +260,17 @@ def _validate_model_folders(m: ModelArguments) -> None:
     if m.mm_projector_token_order not in (None, *TOKEN_ORDERS):
         raise ConfigError(f"--mm_projector_token_order must be one of {', '.join(TOKEN_ORDERS)}, "
                           f"got {m.mm_projector_token_order!r}")
-    try:
+    with reported_as(ConfigError):
         for path, kind, flag in ((m.init_from, "vila", "--init_from"), (m.model_name_or_path, "llm",
                                  "--model_name_or_path"), (m.vision_tower, "siglip", "--vision_tower")):
             if path is not None:
                 require_kind(path, kind, flag)
         MultimodalProjectorConfig(m.mm_projector)
-    except ValueError as error:
-        raise ConfigError(str(error)) from error
 
 
 def _validate_data_sources(d: DataArguments) -> None:
     """--data_path / --data_mixture name readable files, a well-formed mixture, distinct source names."""
     from longvila.data.mixture_spec import data_sources
 
-    try:
+    with reported_as(ConfigError):
         data_sources(d.data_path, d.data_mixture, d.media_root)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None

@@ -8,6 +8,8 @@ code raises these types only for conditions it has decided are the user's to fix
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 
 class ConfigError(ValueError):
     """An impossible or inconsistent configuration, reported as one line before any compute."""
@@ -41,3 +43,13 @@ USER_ERRORS: tuple[tuple[type[Exception], str, int], ...] = (
     (ConfigError, "error", 2), (EvalError, "error", 2), (DataError, "data error", 1),
     (MediaError, "media error", 1), (TrainingError, "training stopped", 1))
 """(class, label, exit code), most specific first: how ``run_console`` reports each."""
+
+
+@contextmanager
+def reported_as(error_type: type[Exception], *caught: type[Exception]):
+    """Re-raise ``caught`` exceptions (ValueError by default) from the block as ``error_type`` with the same
+    message: where a lower layer's ValueError is, at this call site, the user's configuration to fix."""
+    try:
+        yield
+    except caught or (ValueError,) as error:
+        raise error_type(str(error)) from error

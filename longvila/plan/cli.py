@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 
-from longvila.errors import ConfigError
+from longvila.errors import ConfigError, reported_as
 from longvila.plan.hardware import GPU_PRESETS, resolve_device
 from longvila.plan.planner import PlanRequest, plan
 from longvila.plan.report import format_plan, plan_json
@@ -95,10 +95,8 @@ def request_from_args(args: argparse.Namespace) -> PlanRequest:
 
 def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    try:
+    with reported_as(ConfigError):
         result = plan(request_from_args(args))
-    except ValueError as error:
-        raise ConfigError(str(error)) from error
     print(json.dumps(plan_json(result), indent=2) if args.json else format_plan(result))
     return 0 if result.fits else 1
 

@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import torch.distributed as dist
 
 from longvila.config import StageArguments, parse_stage_args
-from longvila.errors import ConfigError
+from longvila.errors import ConfigError, reported_as
 
 logger = logging.getLogger("longvila")
 
@@ -50,10 +50,8 @@ def _build_dataset(spec: StageSpec, args: StageArguments, tokenizer, image_proce
     from longvila.data.synthetic import ensure_synthetic_data
     from longvila.errors import DataError
 
-    try:
+    with reported_as(ConfigError):  # checked when the flags were parsed; a file may have gone since
         sources = data_sources(args.data.data_path, args.data.data_mixture, args.data.media_root)
-    except ValueError as error:  # checked when the flags were parsed; a file may have gone since
-        raise ConfigError(str(error)) from None
     if not sources:
         data_dir = Path(args.data.data_dir or Path(args.train.output_dir).resolve().parent / "data")
         if env.is_main:
@@ -149,10 +147,8 @@ def _check_fused_kernels(args: StageArguments, env) -> None:
         return
     from longvila.kernels import require_triton
 
-    try:
+    with reported_as(ConfigError):
         require_triton(env.device, "--fused_kernels")
-    except ValueError as error:
-        raise ConfigError(str(error)) from error
 
 
 def _preflight(args: StageArguments, sp, env) -> None:
@@ -193,7 +189,7 @@ def _load_start_model(spec: StageSpec, args: StageArguments, env, dtype):
     from longvila.runtime import embedded_default
 
     m = args.model
-    try:
+    with reported_as(ConfigError):  # wrong folder kind, unsupported NVILA feature, bad template: one line
         if m.model_name_or_path is not None:
             from longvila.model.from_parts import Parts, build_from_parts
 
@@ -205,8 +201,6 @@ def _load_start_model(spec: StageSpec, args: StageArguments, env, dtype):
         init_from = m.init_from or str(embedded_default(env))
         logger.info("stage %s: %s; starting from %s", spec.name, spec.summary, init_from)
         return load_vila(init_from, dtype, token_order=m.mm_projector_token_order)
-    except ValueError as error:  # wrong folder kind, unsupported NVILA feature, bad template: one line
-        raise ConfigError(str(error)) from error
 
 
 def _data_stream(spec: StageSpec, args: StageArguments, dataset, tokenizer, image_processor, dims, env):
@@ -246,10 +240,8 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
     from longvila.recipes import deepspeed_config_path
 
     sp = SequenceParallelConfig.from_args(args.train)
-    try:
+    with reported_as(ConfigError):
         env = start_processes(sp)
-    except ValueError as error:
-        raise ConfigError(str(error)) from error
     setup_logging(env.rank)
     _preflight(args, sp, env)
     _check_fused_kernels(args, env)
@@ -279,10 +271,8 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
     if args.train.gradient_checkpointing != "false":
         model.enable_gradient_checkpointing()
 
-    try:
+    with reported_as(ConfigError):
         dims = parallelize(model, sp, args.model.attn_backend, env.device)
-    except ValueError as error:
-        raise ConfigError(str(error)) from error
 
     dataset = _build_dataset(spec, args, tokenizer, image_processor, env, model.tokens_per_frame)
     stream = _data_stream(spec, args, dataset, tokenizer, image_processor, dims, env)
