@@ -6,7 +6,7 @@ What runs is ALST as its authors describe it (DeepSpeed's ``ulysses_sp.py``; Arc
 ``UlyssesSPAttentionHF.register_with_transformers`` over ``sdpa``, ``UlyssesSPDataLoaderAdapter`` for the
 contiguous sequence shards and shifted labels, ``TiledMLP`` patched into ``Qwen2MLP.forward`` with
 ceil(seqlen / hidden) shards, ``TiledFusedLogitsLoss`` over the LM head with ~1 GiB fp32 logit shards, HF
-non-reentrant gradient checkpointing, and the same DeepSpeed config, AdamW and schedule as our stage 4
+non-reentrant gradient checkpointing (in train mode, as a trainer runs it), and the same DeepSpeed config, AdamW and schedule as our stage 4
 (``parse_stage_args`` of the packaged recipe; ``longvila.engine.trainer.build_optimizer``). ``--untiled`` drops TiledMLP and the tiled loss
 (plain HF loss) to show what ALST's tiling buys.
 
@@ -146,6 +146,9 @@ def main() -> None:
     optimizer, scheduler = build_optimizer(list(model.parameters()), stage.train, total_steps=args.steps)
     config = build_deepspeed_config(stage.train, world_size=world // mpu.get_sequence_parallel_world_size(), bf16=False)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config, mpu=mpu)
+    # from_pretrained leaves the model in eval mode, where HF skips gradient checkpointing: without this the runner
+    # kept every layer's activations and recomputed nothing (runs before 2026-12-05 13:15 UTC did exactly that)
+    engine.train()
 
     batches = our_batches(args, stage, world * math.ceil(args.steps / world))
     mine = [{"input_ids": b["input_ids"], "position_ids": b["position_ids"], "labels": b["labels"]}
