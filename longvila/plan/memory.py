@@ -21,7 +21,11 @@ temporaries; ZeRO-3's weight partition; every layer's checkpoint.
 
 DeepSpeed ZeRO (``longvila/recipes/zero2.json``: ZeRO-2 keeps full weights; ``zero3.json`` partitions them too) keeps an
 fp32 master partition and Adam's two moments, 12 bytes per trainable parameter over the DP x SP ranks, even when
-training in fp32. Its reduce bucket (``reduce_bucket_size``, 2e8 elements) persists after the first backward; a
+training in fp32. ZeRO-3 also keeps the parameters a step uses gathered, up to ``STAGE3_LIVE_ELEMENTS`` of them
+(DeepSpeed's reuse-distance default), beside every parameter's partition, and its gradient partitions in one flat
+buffer allocated at start-up (ZeRO-2's partitions form during the backward). Checked once, on CPU, and short: a
+2-layer Qwen2-0.5B-shape probe at SP 2 measured 5.12 GiB per rank against 4.29 predicted
+(``benchmarks/results/cpu-2026-12-05-plan-heldout-sp2-qwen2-0.5b-2L-zero3.json``). Its reduce bucket (``reduce_bucket_size``, 2e8 elements) persists after the first backward; a
 gradient larger than the bucket (a 152K x 3584 embedding) is reduced on its own and needs its full size once.
 
 Activation terms count elements per local token from the layer's widths: q, kv (times the replication when Ulysses
@@ -87,6 +91,12 @@ from longvila.plan.workload import TrainingChoices, Workload
 GiB = 2**30
 REDUCE_BUCKET_ELEMENTS = 200_000_000
 """``reduce_bucket_size`` (and ``allgather_bucket_size``) of the packaged DeepSpeed configs."""
+STAGE3_LIVE_ELEMENTS = 1_000_000_000
+"""DeepSpeed's ``stage3_max_reuse_distance`` and ``stage3_max_live_parameters`` defaults, which the packaged ZeRO-3
+configs keep: after a module runs, ZeRO-3 frees its gathered parameters only when their next use is more than this
+many fetched elements away (``PartitionedParameterCoordinator.__params_to_release``). A step whose used parameters
+total fewer keeps every one of them gathered from its first use to the end of the backward; a larger model keeps
+about this many (the layers around the turn from forward to backward)."""
 OPTIMIZER_STEP_BYTES = 9.5
 """Bytes per trainable parameter (over the ZeRO ranks) alive only during the optimizer step: the fp32 gradient
 partition it reads (4) and the temporaries of torch's multi-tensor AdamW and gradient clipping. Fitted, with
@@ -196,7 +206,9 @@ def predict_memory(shape: ModelShape, layout: Layout, workload: Workload, choice
     q_width, kv_width = shape.attention_widths(layout.ulysses)
 
     if choices.zero_stage == 3:
-        gathered = max(2 * shape.layer_params, shape.lm_head_elements)
+        # Partitions of every parameter, and the parameters the step uses gathered (module docstring).
+        used = shape.llm_params + (shape.vision_params + shape.projector_params if workload.frames else 0)
+        gathered = max(min(used, STAGE3_LIVE_ELEMENTS), 2 * shape.layer_params, shape.lm_head_elements)
         weights = (gathered + (0 if choices.offloads_params else shape.total_params / ranks)) * act
     else:
         weights = shape.total_params * act
@@ -210,7 +222,11 @@ def predict_memory(shape: ModelShape, layout: Layout, workload: Workload, choice
     else:
         optimizer_state = 12 * trainable / ranks
         optimizer_step = OPTIMIZER_STEP_BYTES * trainable / ranks
-        layer_gradients = (trainable - embedding) / ranks * act
+        if choices.zero_stage == 3:  # gradient partitions in one flat buffer, allocated (zeroed) at start-up
+            bucket += trainable / ranks * act
+            layer_gradients = 0.0
+        else:
+            layer_gradients = (trainable - embedding) / ranks * act
         host = 0.0
     if choices.offloads_params:
         host += shape.total_params / ranks * act

@@ -40,6 +40,19 @@ KNOWN_MISSES = {
         "measured 3.68 GiB, below the same run's 128-frame peak (3.89) and the 8-frame-chunk run's 4.00 GiB at 256 "
         "frames, which the chunk cannot explain (the tower runs no layer here); predicted 4.08 (+11.0%). Not "
         "remeasured: 2D SP 4 needs about 16 GB over its 4 ranks, more than the shared host allowed.",
+    ("cpu-2026-12-05-plan-heldout-sp2-qwen2-0.5b-2L-zero3.json", "qwen2-0.5b 2L, zero3, default"):
+        "ZeRO-3 measured 5.12 GiB per rank, 1.4 GiB above ZeRO-2 on the same probe; predicted 4.29 (-16%) after "
+        "counting what DeepSpeed's code shows (every used parameter stays gathered under the default reuse "
+        "distance; the flat gradient-partition buffer). Still missing, probably: the end-of-backward reduce "
+        "(reduce_scatter_coalesced concatenates the bucket) beside the tied embedding's full gradient. Not counted "
+        "until measured term by term.",
+    ("cpu-2026-12-05-plan-heldout-video-sp1-lora-vision.json", "qwen2-0.5b-1L-siglip-2L tower LoRA, new, 16 frames"):
+        "LoRA on the tower with 2-frame chunks: measured 5.59 GiB, 0.62 above the same probe with per-layer "
+        "checkpoints (4.97, predicted within 4%); predicted 5.01 (-10.4%, the optimizer step). The chunked tower's "
+        "cost that the model does not count is hidden under the optimizer step when the tower trains fully "
+        "(those rows are low by 3-8%); a frozen tower base lowers the step and shows it. Cause not found.",
+    ("cpu-2026-12-05-plan-heldout-video-sp1-lora-vision.json", "qwen2-0.5b-1L-siglip-2L tower LoRA, new, 32 frames"):
+        "as at 16 frames: measured 6.03 GiB, predicted 5.01 (-17.0%).",
 }
 """Held-out points the model misses, each with what is known about it. Strict: a point that comes within 10% fails
 here until it is taken off this list."""
@@ -83,6 +96,23 @@ def test_held_out_video_rows_are_at_configurations_not_in_sample():
         data = json.loads((RESULTS / name).read_text())
         if isinstance(data, dict):
             assert not {video_configuration(row) for row in data["rows"]} & in_sample, name
+
+
+def test_held_out_set_covers_what_the_fitting_set_lacks():
+    """The held-out points include a Llama-style shape with its 128,256-token vocabulary, more decoder layers than
+    any fitting row of that shape, a zigzag ring, a 2D layout, ZeRO-3 and LoRA on the tower."""
+    stage4 = [row for name in HELD_OUT for data in [json.loads((RESULTS / name).read_text())]
+              if isinstance(data, list) for row in data]
+    video = [row for name in HELD_OUT for data in [json.loads((RESULTS / name).read_text())]
+             if isinstance(data, dict) for row in data["rows"]]
+    fitted_layers = {(config[0], config[1]) for config in fitted_configurations(RESULTS)}
+    assert any(row["llm"].startswith("llama3") for row in stage4)
+    assert any(row["llm_layers"] > max(layers for llm, layers in fitted_layers if llm == row["llm"]) for row in stage4
+               if any(llm == row["llm"] for llm, _ in fitted_layers))
+    assert any(row.get("ring", 1) == row.get("sp") > 1 for row in stage4)
+    assert any(row.get("deepspeed") == "zero3" for row in stage4)
+    assert any(1 < row["ring"] < row["sp"] for row in video)
+    assert any(row.get("lora_vision") for row in video)
 
 
 def test_video_rows_cover_both_mmsp_paths_at_two_frame_counts():
