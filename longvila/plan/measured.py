@@ -1,9 +1,9 @@
 """Predictions for runs that were measured, so the planner's error can be stated and tested.
 
 A measured run is described by the settings ``benchmarks/long_context_memory.py`` records with each row (LLM shape,
-depth, LoRA, SP and ring degree, DeepSpeed config, tokens, system) or by a stage run's own ``metrics.jsonl`` and the flags it ran with. The
-probes are fp32 CPU runs of one stage-4 step, so they are predicted with ``--device cpu`` (the resident-set peak,
-runtime included) and the probes' vision tower depth.
+depth, LoRA, SP and ring degree, DeepSpeed config, tokens, system) or by a stage run's own ``metrics.jsonl`` and the
+flags it ran with. The probes are fp32 CPU runs of one stage-4 step, so they are predicted with ``--device cpu``
+(the resident-set peak, runtime included) and the probes' vision tower depth.
 
 ``benchmarks/long_video_memory.py`` rows (stage 5 on videos, old and new MM-SP) are predicted the same way by
 ``predict_video_row`` / ``compare_video_rows``. Which rows the model's constants were fitted on, and which are held

@@ -25,8 +25,9 @@ training in fp32. ZeRO-3 also keeps the parameters a step uses gathered, up to `
 (DeepSpeed's reuse-distance default), beside every parameter's partition, and its gradient partitions in one flat
 buffer allocated at start-up (ZeRO-2's partitions form during the backward). Checked once, on CPU, and short: a
 2-layer Qwen2-0.5B-shape probe at SP 2 measured 5.12 GiB per rank against 4.29 predicted
-(``benchmarks/results/cpu-2026-12-05-plan-heldout-sp2-qwen2-0.5b-2L-zero3.json``). Its reduce bucket (``reduce_bucket_size``, 2e8 elements) persists after the first backward; a
-gradient larger than the bucket (a 152K x 3584 embedding) is reduced on its own and needs its full size once.
+(``benchmarks/results/cpu-2026-12-05-plan-heldout-sp2-qwen2-0.5b-2L-zero3.json``). The reduce bucket
+(``reduce_bucket_size``, 2e8 elements) persists after the first backward; a gradient larger than the bucket (a
+152K x 3584 embedding) is reduced on its own and needs its full size once.
 
 Activation terms count elements per local token from the layer's widths: q, kv (times the replication when Ulysses
 has more ranks than kv heads), hidden and MLP intermediate (tiled: one tile of ``--tiled_mlp_tokens`` rows). The
