@@ -89,20 +89,19 @@ def load_trainer_states(checkpoint: Checkpoint) -> list[dict]:
     return [torch.load(path, weights_only=False) for path in paths]
 
 
-def load_resharded(trainer, checkpoint: Checkpoint) -> dict:
-    """Load ``checkpoint`` into ``trainer`` (whose engine was built with ``load_universal``); returns this rank's
-    trainer state (step, RNG) with the merged data position already loaded into the stream."""
-    folder = universal_folder(checkpoint, trainer.env.is_main)
-    load_path, _ = trainer.engine.load_checkpoint(str(folder.parent), tag=folder.name)
+def load_resharded(engine, stream, checkpoint: Checkpoint, layout, rank: int, is_main: bool) -> dict:
+    """Load ``checkpoint`` into ``engine`` (built with ``load_universal``) and ``stream`` for a run of ``layout``;
+    returns this rank's trainer state (step, RNG) with the merged data position already loaded into the stream."""
+    folder = universal_folder(checkpoint, is_main)
+    load_path, _ = engine.load_checkpoint(str(folder.parent), tag=folder.name)
     if load_path is None:
         raise CheckpointError(f"DeepSpeed could not load the universal checkpoint {folder}")
-    restored = restore_frozen(trainer.engine, Path(load_path))
+    restored = restore_frozen(engine, Path(load_path))
     states = load_trainer_states(checkpoint)
-    stream = trainer.stream
     same_dp = [s["stream"] for s in states if s["stream"]["dp_size"] == stream.dp_size
                and s["stream"]["dp_rank"] == stream.dp_rank]
     stream.load_state_dict(same_dp[0] if same_dp else
                            merge_stream_states([s["stream"] for s in states], stream.dp_rank))
     logger.info("resharded %s from %s to %s (%d frozen tensors restored)", checkpoint.path.name,
-                checkpoint.layout.describe(), trainer.layout.describe(), restored)
-    return {"step": states[0]["step"], "rng": states[trainer.env.rank % len(states)]["rng"]}
+                checkpoint.layout.describe(), layout.describe(), restored)
+    return {"step": states[0]["step"], "rng": states[rank % len(states)]["rng"]}

@@ -1,7 +1,6 @@
 """The one training loop every stage runs: a DeepSpeed engine, globally normalised loss, metrics, checkpoints.
 
-Checkpoints are atomic (``longvila/engine/checkpoint_store.py``); a run resumes from its own layout file for file,
-or from another world size / SP layout through a resharded load (``longvila/engine/reshard.py``). A non-finite
+Checkpoints (save, load, resharding) are ``longvila/engine/checkpointer.py``'s; the trainer only says when. A non-finite
 loss stops the run before anything is saved, naming the last complete checkpoint.
 
 Loss normalisation is the part that is easy to get wrong. The model returns a *sum* of token cross-entropies and
@@ -29,14 +28,14 @@ from longvila.distributed.loss import mean_loss, normalised_loss
 from longvila.distributed.mesh import ParallelDims, SequenceParallelConfig
 from longvila.engine import checkpoint_store as store
 from longvila.engine.activation_offload import offload_context
-from longvila.engine.checkpoint_store import TRAINER_STATE, RunLayout
-from longvila.errors import CheckpointError, TrainingError
+from longvila.engine.checkpoint_store import RunLayout
+from longvila.engine.checkpointer import Checkpointer
+from longvila.errors import TrainingError
 from longvila.engine.data_stream import MicroBatchStream
 from longvila.engine.deepspeed_config import build_deepspeed_config, zero_stage
 from longvila.engine.dist import DistEnv
 from longvila.engine.faults import inject, planned_fault
 from longvila.engine.metrics import MetricsLogger, PeakMemoryWindows
-from longvila.engine.rng import rng_state, set_rng_state
 from longvila.engine.sample_log import SampleLog, truncate_sample_logs
 from longvila.engine.step_metrics import StepReductions
 
@@ -135,75 +134,25 @@ class Trainer:
             ring_type=sp.ring_type,
             micro_batch=train.per_device_train_batch_size, grad_accum=train.gradient_accumulation_steps,
             zero_stage=zero_stage(self.ds_config))
+        self.checkpointer = Checkpointer(self.output_dir / CHECKPOINT_DIR, self.layout, env.rank, env.is_main,
+                                         train.save_total_limit, self.fault)
         # resolved before the engine exists: a checkpoint of another layout needs an engine that loads universally
-        self.resume = store.resolve_resume_request(train.resume_from_checkpoint, self._checkpoint_root())
-        if self.resume is not None and not self.resume.layout.same_sharding(self.layout):
-            from longvila.engine.reshard import check_reshardable
-
-            check_reshardable(self.resume, self.layout)
-            self.ds_config = {**self.ds_config, "checkpoint": {**self.ds_config.get("checkpoint", {}),
-                                                               "load_universal": True}}
+        self.resume = self.checkpointer.resume_request(train.resume_from_checkpoint)
+        self.ds_config = self.checkpointer.engine_config(self.ds_config, self.resume)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config,
             dist_init_required=False,
         )
         self.step = 0
-        self.last_checkpoint: Optional[Path] = None
 
     # ------------------------------------------------------------------ checkpoints
-    def _checkpoint_root(self) -> Path:
-        return self.output_dir / CHECKPOINT_DIR
+    @property
+    def last_checkpoint(self) -> Optional[Path]:
+        """The newest complete checkpoint this run saved or resumed from."""
+        return self.checkpointer.last
 
     def save_checkpoint(self) -> Path:
-        """Model + optimizer + scheduler (DeepSpeed) and, per rank, data position + RNG (ours); atomic."""
-        root, step, rank = self._checkpoint_root(), self.step, self.env.rank
-        if self.env.is_main:
-            root.mkdir(parents=True, exist_ok=True)
-            store.clear_staging(root, step)
-        dist.barrier()
-        staged = root / store.staging_name(step)
-        try:
-            self.engine.save_checkpoint(str(root), tag=staged.name, client_state={"step": step}, save_latest=False)
-            inject(self.fault, "mid_save", step, rank)
-            state = {"step": step, "stream": self.stream.state_dict(), "rng": rng_state()}
-            state_path = staged / TRAINER_STATE.format(rank=rank)
-            inject(self.fault, "enospc", step, rank, str(state_path))
-            torch.save(state, state_path)
-        except (OSError, RuntimeError) as error:
-            reason = store.save_failure_reason(error, root)
-            if reason is None:
-                raise
-            previous = self.last_checkpoint.name if self.last_checkpoint else "none"
-            raise CheckpointError(
-                f"saving checkpoint step-{step} failed on rank {rank}: {reason}; "
-                f"the last complete checkpoint ({previous}) is intact and {staged.name} is left for inspection"
-            ) from error
-        dist.barrier()
-        if self.env.is_main:
-            store.publish(root, step, self.layout)
-            store.prune(root, self.train_args.save_total_limit)
-        dist.barrier()
-        self.last_checkpoint = root / f"step-{step}"
-        inject(self.fault, "after_save", step, rank)
-        return self.last_checkpoint
-
-    def load_checkpoint(self, checkpoint: store.Checkpoint) -> None:
-        """Same layout: every rank reads its own files. Another layout: a resharded load."""
-        path = checkpoint.path
-        if checkpoint.layout.same_sharding(self.layout):
-            load_path, _ = self.engine.load_checkpoint(str(path.parent), tag=path.name)
-            if load_path is None:
-                raise CheckpointError(f"DeepSpeed found no checkpoint in {path}")
-            state = torch.load(path / TRAINER_STATE.format(rank=self.env.rank), weights_only=False)
-            self.stream.load_state_dict(state["stream"])
-        else:
-            from longvila.engine.reshard import load_resharded
-
-            state = load_resharded(self, checkpoint)
-        self.step = state["step"]
-        set_rng_state(state["rng"])
-        self.last_checkpoint = path
-        logger.info("resumed from %s at step %d", path, self.step)
+        return self.checkpointer.save(self.step, self.engine, self.stream)
 
     # ------------------------------------------------------------------ training
     def train_step(self) -> StepResult:
@@ -261,7 +210,7 @@ class Trainer:
     def _start(self) -> bool:
         """Resume if ``--resume_from_checkpoint`` asked; returns whether the run resumed."""
         if self.resume is not None:
-            self.load_checkpoint(self.resume)
+            self.step = self.checkpointer.load(self.resume, self.engine, self.stream)
         if self.env.is_main and self.train_args.log_sample_ids:
             truncate_sample_logs(self.output_dir, self.step if self.resume else None)
         dist.barrier()
