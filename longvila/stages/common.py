@@ -19,11 +19,9 @@ import torch.distributed as dist
 
 from longvila.config import StageArguments, parse_stage_args
 from longvila.errors import ConfigError, reported_as
+from longvila.stages.preparation import COMPONENTS, prepare_model
 
 logger = logging.getLogger("longvila")
-
-COMPONENTS = ("vision_tower", "mm_projector", "llm")
-
 
 @dataclass(frozen=True)
 class StageSpec:
@@ -93,20 +91,6 @@ def _total_steps(args: StageArguments, samples_per_epoch: int) -> int:
         return train.max_steps
     per_step = train.per_device_train_batch_size * train.gradient_accumulation_steps
     return max(1, math.ceil(train.num_train_epochs * samples_per_epoch / per_step))
-
-
-def _freeze(model, spec: StageSpec, args: StageArguments) -> None:
-    model.set_trainable(**{part: part in spec.trains for part in COMPONENTS})
-    if args.model.lora_llm:
-        if "llm" not in spec.trains:
-            raise ConfigError(f"--lora_llm: stage {spec.name} does not train the LLM")
-        from longvila.model.lora import apply_llm_lora
-
-        apply_llm_lora(model, r=args.model.lora_r, alpha=args.model.lora_alpha, dropout=args.model.lora_dropout)
-    if args.model.lora_vision:
-        from longvila.model.lora import apply_vision_lora
-
-        apply_vision_lora(model, r=args.model.lora_r, alpha=args.model.lora_alpha)
 
 
 def save_final(model, tokenizer, image_processor, spec: StageSpec, args: StageArguments, env, zero3: bool) -> None:
@@ -233,7 +217,7 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
     from longvila.console import setup_logging
     from longvila.engine.deepspeed_config import build_deepspeed_config, zero_stage
     from longvila.distributed.mesh import SequenceParallelConfig
-    from longvila.runtime import parallelize, start_processes
+    from longvila.runtime import start_processes
     from longvila.engine.rng import set_seed
     from longvila.engine.trainer import Trainer, uses_bf16
     from longvila.model.loss import count_supervised_tokens
@@ -249,30 +233,7 @@ def run_stage(spec: StageSpec, argv: Optional[list[str]] = None) -> StageRun:
     ds_config = build_deepspeed_config(args.train, env.world_size, uses_bf16(args.train, env.device))
     model, tokenizer, image_processor = load_start_model(spec, args, env, ds_config)
     logger.info("recipe %s; DeepSpeed config %s", args.recipe, deepspeed_config_path(args.train.deepspeed))
-    if spec.prepare_model is not None:
-        spec.prepare_model(model, tokenizer, args)
-    if args.model.loss_impl != "chunked":
-        from longvila.model.loss import LOSS_FUNCTIONS
-
-        model.loss_fn = LOSS_FUNCTIONS[args.model.loss_impl]
-        logger.info("loss: %s (full logits)", args.model.loss_impl)
-    if args.model.fused_kernels:
-        from longvila.model.fused import enable_fused_kernels
-
-        report = enable_fused_kernels(model)
-        logger.info("fused kernels: %d RMSNorm, %d attention RoPE, chunked linear+CE", report.rms_norms,
-                    report.attentions)
-    _freeze(model, spec, args)
-    model.vision_chunk_frames = args.model.vision_chunk_frames
-    if args.model.tiled_mlp_tokens:
-        from longvila.model.tiled_mlp import enable_tiled_mlp
-
-        enable_tiled_mlp(model.llm, args.model.tiled_mlp_tokens)
-    if args.train.gradient_checkpointing != "false":
-        model.enable_gradient_checkpointing()
-
-    with reported_as(ConfigError):
-        dims = parallelize(model, sp, args.model.attn_backend, env.device)
+    dims = prepare_model(model, spec, args, tokenizer, sp, env.device)
 
     dataset = _build_dataset(spec, args, tokenizer, image_processor, env, model.tokens_per_frame)
     stream = _data_stream(spec, args, dataset, tokenizer, image_processor, dims, env)
