@@ -42,3 +42,31 @@ def test_stage4_ulysses_matches_deepspeed_alst_step_for_step(stage_data, subproc
     assert len(ours) == STEPS
     for key in ("loss", "grad_norm"):
         assert [r[key] for r in alst] == pytest.approx([r[key] for r in ours], rel=1e-5), key
+
+
+PROFILER = Path(__file__).resolve().parents[2] / "benchmarks" / "profile_second_step.py"
+ATTENTION_FORWARD = "aten::_scaled_dot_product_flash_attention_for_cpu"
+
+
+def profiled_calls(out: Path, op: str) -> int:
+    rows = json.loads((out / "profile" / "profile_rank0.json").read_text())
+    return sum(row["calls"] for row in rows if row["op"] == op)
+
+
+@pytest.mark.slow
+def test_both_systems_recompute_every_layer_in_the_profiled_step(stage_data, subprocess_env, tmp_path):
+    """Equal work, counted: in one profiled step (``benchmarks/profile_second_step.py``) each system runs every
+    decoder layer's attention twice, once forward and once in the checkpoint recompute. The ALST runner once left
+    the model in eval mode, where HF skips gradient checkpointing, and ran it once per layer."""
+    data, layers = stage_data["long_text"], json.loads((tiny_model_path() / "llm" / "config.json").read_text())[
+        "num_hidden_layers"]
+    torchrun([str(PROFILER), "--out", str(tmp_path / "ours" / "profile"), "-m", "longvila.stages.s4_context_ext",
+              "--init_from", str(tiny_model_path()), "--output_dir", str(tmp_path / "ours"), "--data_path", str(data),
+              "--max_steps", "2", "--model_max_length", str(LENGTH), "--per_device_train_batch_size", "1",
+              "--bf16", "false", "--gradient_checkpointing", "true", "--seq_parallel_size", "2",
+              "--seq_parallel_ring_size", "1", "--disable_tqdm", "true"], subprocess_env)
+    torchrun([str(PROFILER), "--out", str(tmp_path / "alst" / "profile"), str(ALST_STEP), "--checkpoint",
+              str(tiny_model_path()), "--data_path", str(data), "--length", str(LENGTH), "--steps", "2", "--out",
+              str(tmp_path / "alst")], subprocess_env)
+    assert profiled_calls(tmp_path / "ours", ATTENTION_FORWARD) == 2 * layers
+    assert profiled_calls(tmp_path / "alst", ATTENTION_FORWARD) == 2 * layers
