@@ -165,15 +165,19 @@ def reach_summary(rows: list[dict], budget_gb: float, systems: list[str]) -> str
     """Per system: every length measured (speed medians and reach runs) against the budget, and its reach."""
     peaks: dict[tuple[str, int], float] = {(t["system"], t["tokens"]): t["peak_gb"]
                                            for t in summarise([r for r in rows if r.get("mode") != "reach"])}
-    peaks.update({(r["system"], r["tokens"]): r["peak_gb"] for r in rows if r.get("mode") == "reach"})
+    peaks.update({(r["system"], r["tokens"]): r["peak_gb"] for r in rows if r.get("mode") == "reach"
+                  and not r.get("failed")})
+    failed = {(r["system"], r["tokens"]) for r in rows if r.get("failed")}
     lines = [f"| system | peak GB/rank by tokens (budget {budget_gb:g} GB/rank, fixed before the runs) | reach |",
              "|---|---|---|"]
     for system in systems:
         mine = sorted((tokens, peak) for (name, tokens), peak in peaks.items() if name == system)
         fits = [tokens for tokens, peak in mine if peak <= budget_gb]
-        over = [tokens for tokens, peak in mine if peak > budget_gb]
+        over = [tokens for tokens, peak in mine if peak > budget_gb] + [t for name, t in failed if name == system]
         reach = (f"{max(fits):,}" if fits else "none") + ("" if over else " (longest run; it still fit)")
-        lines.append(f"| {system} | " + ", ".join(f"{t // 1024}K: {p:.2f}" for t, p in mine) + f" | {reach} |")
+        cells = [f"{t // 1024}K: {p:.2f}" for t, p in mine] + [f"{t // 1024}K: failed" for name, t in sorted(failed)
+                                                               if name == system]
+        lines.append(f"| {system} | " + ", ".join(cells) + f" | {reach} |")
     return "\n".join(lines) + "\n"
 
 
@@ -277,11 +281,15 @@ def main() -> None:
         out = args.output_dir / "runs" / f"{system}-{length}-{label}"
         row = run_point(system, checkpoint, data_for(length), out, length, args.sp, args.max_seconds,
                         profile=label == "profile")
+        if row is None and args.reach:  # a failed reach run (killed, out of memory) ends that system's reach
+            row = {"system": system, "tokens": length, "sp": args.sp, "failed": True}
         if row is not None and label != "profile":  # profiled steps are slower: kept out of the timing rows
             row.update(llm=args.llm, llm_layers=args.llm_layers, run=label, mode="reach" if args.reach else "speed",
                        budget_gb=args.budget_gb if args.reach else None)
             rows.append(row)
             results.write_text(json.dumps(rows, indent=2) + "\n")
+            if row.get("failed"):
+                return None
         print(json.dumps(row if row is not None else {"system": system, "tokens": length, "failed": True}),
               flush=True)
         return row
