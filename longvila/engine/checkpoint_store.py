@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
-from longvila.errors import CheckpointError, TrainingError
+from longvila.errors import CheckpointError
 
 logger = logging.getLogger("longvila")
 
@@ -119,6 +119,11 @@ def latest_complete(root: Path) -> Checkpoint:
         raise CheckpointError(f"--resume_from_checkpoint latest: no complete checkpoint under {root} "
                               "(--resume_from_checkpoint auto starts fresh when there is none)")
     return newest
+
+
+def checkpoint_root(output_dir: str | Path) -> Path:
+    """Where a run writing to ``output_dir`` keeps its resumable checkpoints."""
+    return Path(output_dir) / CHECKPOINT_DIR
 
 
 def resolve_resume_request(spec: str | None, root: Path) -> Checkpoint | None:

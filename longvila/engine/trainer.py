@@ -30,7 +30,6 @@ from longvila.engine import checkpoint_store as store
 from longvila.engine.activation_offload import offload_context
 from longvila.engine.checkpoint_store import RunLayout
 from longvila.engine.checkpointer import Checkpointer
-from longvila.errors import TrainingError
 from longvila.engine.data_stream import MicroBatchStream
 from longvila.engine.deepspeed_config import build_deepspeed_config, zero_stage
 from longvila.engine.dist import DistEnv
@@ -38,10 +37,9 @@ from longvila.engine.faults import inject, planned_fault
 from longvila.engine.metrics import MetricsLogger, PeakMemoryWindows
 from longvila.engine.sample_log import SampleLog, truncate_sample_logs
 from longvila.engine.step_metrics import StepReductions
+from longvila.errors import TrainingError
 
 logger = logging.getLogger("longvila")
-
-CHECKPOINT_DIR = store.CHECKPOINT_DIR
 
 
 def move_to_device(batch: dict[str, Any], device: torch.device, float_dtype: torch.dtype) -> dict[str, Any]:
@@ -134,8 +132,8 @@ class Trainer:
             ring_type=sp.ring_type,
             micro_batch=train.per_device_train_batch_size, grad_accum=train.gradient_accumulation_steps,
             zero_stage=zero_stage(self.ds_config))
-        self.checkpointer = Checkpointer(self.output_dir / CHECKPOINT_DIR, self.layout, env.rank, env.is_main,
-                                         train.save_total_limit, self.fault)
+        self.checkpointer = Checkpointer(store.checkpoint_root(self.output_dir), self.layout, env.rank,
+                                         env.is_main, train.save_total_limit, self.fault)
         # resolved before the engine exists: a checkpoint of another layout needs an engine that loads universally
         self.resume = self.checkpointer.resume_request(train.resume_from_checkpoint)
         self.ds_config = self.checkpointer.engine_config(self.ds_config, self.resume)

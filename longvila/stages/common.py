@@ -143,9 +143,7 @@ def _preflight(args: StageArguments, sp, env) -> None:
 
     checkpoint = resolve_resume(args)
     args.train.resume_from_checkpoint = str(checkpoint.path) if checkpoint is not None else None
-    if sp.enabled:
-        uses_default = args.model.init_from is None and args.model.model_name_or_path is None
-        check_sequence_parallel_heads(args, sp, embedded_default(env) if uses_default else Path())
+    check_sequence_parallel_heads(args, sp, lambda: embedded_default(env))
 
 
 def load_start_model(spec: StageSpec, args: StageArguments, env, ds_config: dict):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from longvila.config import StageArguments
 from longvila.errors import ConfigError
@@ -22,17 +22,18 @@ logger = logging.getLogger("longvila")
 
 def resolve_resume(args: StageArguments) -> Optional[store.Checkpoint]:
     """The checkpoint ``--resume_from_checkpoint`` names (``auto``: the newest complete one, or none)."""
-    root = Path(args.train.output_dir) / store.CHECKPOINT_DIR
+    root = store.checkpoint_root(args.train.output_dir)
     return store.resolve_resume_request(args.train.resume_from_checkpoint, root)
 
 
-def llm_config_file(args: StageArguments, embedded: Path) -> Path:
+def llm_config_file(args: StageArguments, embedded: Callable[[], Path]) -> Path:
     """The ``config.json`` of the LLM the stage will load: the HF folder of ``--model_name_or_path``, the
-    ``llm/`` part of an ``--init_from`` VILA checkpoint, or the embedded default's (``embedded``)."""
+    ``llm/`` part of an ``--init_from`` VILA checkpoint, or the embedded default's (``embedded()`` builds it only
+    when neither flag is given)."""
     m = args.model
     if m.model_name_or_path is not None:
         return Path(m.model_name_or_path) / "config.json"
-    return Path(m.init_from or embedded) / "llm" / "config.json"
+    return Path(m.init_from or embedded()) / "llm" / "config.json"
 
 
 def attention_heads(config_file: Path) -> tuple[int, int]:
@@ -47,7 +48,8 @@ def attention_heads(config_file: Path) -> tuple[int, int]:
     return heads, int(config.get("num_key_value_heads") or heads)
 
 
-def check_sequence_parallel_heads(args: StageArguments, sp: SequenceParallelConfig, embedded: Path) -> None:
+def check_sequence_parallel_heads(args: StageArguments, sp: SequenceParallelConfig,
+                                  embedded: Callable[[], Path]) -> None:
     """Ulysses splits attention heads over its ranks; refuse a degree the LLM's head counts cannot take."""
     if not sp.enabled:
         return

@@ -69,10 +69,10 @@ def test_head_counts_are_checked_from_the_config(tmp_path, heads, kv_heads, sp, 
     args = parse_stage_args("s4_context_ext", ["--output_dir", str(tmp_path / "out"), "--init_from", str(folder)])
     parallel = SequenceParallelConfig(sp_size=sp, ring_size=ring)
     if ok:
-        check_sequence_parallel_heads(args, parallel, tmp_path / "unused")
+        check_sequence_parallel_heads(args, parallel, lambda: tmp_path / "unused")
     else:
         with pytest.raises(ConfigError, match=f"--seq_parallel_size {sp} \\(ulysses {sp // ring}\\)"):
-            check_sequence_parallel_heads(args, parallel, tmp_path / "unused")
+            check_sequence_parallel_heads(args, parallel, lambda: tmp_path / "unused")
 
 
 def test_indivisible_heads_stop_before_loading_and_are_said_once(stage_flags, subprocess_env, tmp_path):
