@@ -6,9 +6,9 @@ What runs is ALST as its authors describe it (DeepSpeed's ``ulysses_sp.py``; Arc
 ``UlyssesSPAttentionHF.register_with_transformers`` over ``sdpa``, ``UlyssesSPDataLoaderAdapter`` for the
 contiguous sequence shards and shifted labels, ``TiledMLP`` patched into ``Qwen2MLP.forward`` with
 ceil(seqlen / hidden) shards, ``TiledFusedLogitsLoss`` over the LM head with ~1 GiB fp32 logit shards, HF
-non-reentrant gradient checkpointing (in train mode, as a trainer runs it), and the same DeepSpeed config, AdamW and schedule as our stage 4
-(``parse_stage_args`` of the packaged recipe; ``longvila.engine.trainer.build_optimizer``). ``--untiled`` drops TiledMLP and the tiled loss
-(plain HF loss) to show what ALST's tiling buys.
+non-reentrant gradient checkpointing (in train mode, as a trainer runs it), and the same DeepSpeed config, AdamW
+and schedule as our stage 4 (``parse_stage_args`` of the packaged recipe; ``longvila.engine.trainer.build_optimizer``).
+``--untiled`` drops TiledMLP and the tiled loss (plain HF loss) to show what ALST's tiling buys.
 
 The tokens are ours: the first two micro-batches our stage-4 stream yields for ``--length`` (same data, seed and
 packing). Rank r feeds batch r to the adapter, so step 1 trains batch 0 and step 2 batch 1, as our run does.
@@ -39,8 +39,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--untiled", action="store_true", help="Ulysses only: no TiledMLP, no tiled loss")
-    parser.add_argument("--loss_shard_rows", type=int, default=0, help="rows per TiledFusedLogitsLoss shard (0: ALST's "
-                        "default, ~1 GiB of fp32 logits per shard); benchmarks/alst_compare.py sets our loss chunk here")
+    parser.add_argument("--loss_shard_rows", type=int, default=0,
+                        help="rows per TiledFusedLogitsLoss shard (0: ALST's default, ~1 GiB of fp32 logits per "
+                        "shard); benchmarks/alst_compare.py sets our loss chunk here")
     return parser.parse_args()
 
 

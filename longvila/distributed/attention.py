@@ -65,8 +65,9 @@ class AttentionDispatcher:
     ``backend`` is a block-backend name or object (:func:`~longvila.distributed.block_attention.get_block_backend`),
     resolved here once; a custom backend is just an object given to the dispatcher.
 
-    Without SP on the torch backend the local path (``longvila/distributed/local_attention.py``) runs SDPA per document; a
-    KV-cache decode step (fewer queries than keys) always runs there, as cached decoding only runs unsharded.
+    Without SP on the torch backend the local path (``longvila/distributed/local_attention.py``) runs SDPA per
+    document; a KV-cache decode step (fewer queries than keys) always runs there, as cached decoding only runs
+    unsharded.
     """
 
     def __init__(self, cfg: SequenceParallelConfig | None = None, groups: ProcessGroups | None = None,

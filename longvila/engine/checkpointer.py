@@ -30,7 +30,8 @@ class Checkpointer:
 
     def __init__(self, root: Path, layout: RunLayout, rank: int, is_main: bool, keep: Optional[int],
                  fault: Any = None):
-        self.root, self.layout, self.rank, self.is_main, self.keep, self.fault = root, layout, rank, is_main, keep, fault
+        self.root, self.layout, self.keep, self.fault = root, layout, keep, fault
+        self.rank, self.is_main = rank, is_main
         self.last: Optional[Path] = None  # the newest complete checkpoint this run saved or resumed from
 
     def resume_request(self, spec: Optional[str]) -> Optional[store.Checkpoint]:

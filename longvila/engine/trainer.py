@@ -1,7 +1,7 @@
 """The one training loop every stage runs: a DeepSpeed engine, globally normalised loss, metrics, checkpoints.
 
-Checkpoints (save, load, resharding) are ``longvila/engine/checkpointer.py``'s; the trainer only says when. A non-finite
-loss stops the run before anything is saved, naming the last complete checkpoint.
+Checkpoints (save, load, resharding) are ``longvila/engine/checkpointer.py``'s; the trainer only says when. A
+non-finite loss stops the run before anything is saved, naming the last complete checkpoint.
 
 Loss normalisation is the part that is easy to get wrong. The model returns a *sum* of token cross-entropies and
 the number of supervised tokens. Before the first backward of an optimizer step we know every micro-batch of that
